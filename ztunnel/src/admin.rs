@@ -1,0 +1,143 @@
+//! The agent's HTTP endpoints: admin (`/config_dump`), Prometheus `/metrics`, and readiness
+//! `/healthz/ready`.
+
+use crate::metrics::Metrics;
+use crate::proxy::ProxyInputs;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+use tokio::net::TcpListener;
+
+type Handler = Arc<dyn Fn(&Request<hyper::body::Incoming>) -> Response<Full<Bytes>> + Send + Sync>;
+
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    respond(StatusCode::NOT_FOUND, "text/plain", "not found\n")
+}
+
+/// Serves HTTP/1.1 on `listener` with `handler` until `drain` fires.
+pub async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+    handler: Handler,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = drain.changed() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let resp = handler(&req);
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(listener = name, error = %e, "HTTP connection error");
+            }
+        });
+    }
+}
+
+/// `/metrics` on the metrics port.
+pub fn metrics_handler(metrics: Arc<Metrics>) -> Handler {
+    Arc::new(move |req| match req.uri().path() {
+        "/metrics" | "/stats/prometheus" => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        _ => not_found(),
+    })
+}
+
+/// `/healthz/ready` on the readiness port: 200 once the agent serves, 503 before and while
+/// draining.
+pub fn readiness_handler(ready: Arc<AtomicBool>) -> Handler {
+    Arc::new(move |req| match req.uri().path() {
+        "/healthz/ready" if ready.load(Ordering::Relaxed) => {
+            respond(StatusCode::OK, "text/plain", "ready\n")
+        }
+        "/healthz/ready" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"),
+        _ => not_found(),
+    })
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// `/config_dump` on the admin port: what the agent knows and the certificates it holds.
+pub fn admin_handler(inputs: Arc<ProxyInputs>) -> Handler {
+    Arc::new(move |req| match req.uri().path() {
+        "/config_dump" => {
+            let state = inputs.state.snapshot();
+            let certs: Vec<_> = inputs
+                .certs
+                .snapshot()
+                .iter()
+                .map(|c| {
+                    json!({
+                        "identity": c.identity.to_string(),
+                        "notBefore": rfc3339(c.not_before),
+                        "notAfter": rfc3339(c.not_after),
+                        "renewAt": rfc3339(c.refresh_at()),
+                        "chainLength": c.chain.len(),
+                    })
+                })
+                .collect();
+            let body = json!({
+                "workloads": state.workloads().map(|w| w.as_ref()).collect::<Vec<_>>(),
+                "services": state.services().map(|s| s.as_ref()).collect::<Vec<_>>(),
+                "policies": state.policies().map(|p| p.as_ref()).collect::<Vec<_>>(),
+                "certificates": certs,
+                "hboneConnections": inputs.pool.connections(),
+                "config": {
+                    "proxyMode": format!("{:?}", inputs.cfg.proxy_mode),
+                    "nodeName": inputs.cfg.node_name,
+                    "trustDomain": inputs.cfg.trust_domain,
+                    "clusterId": inputs.cfg.cluster_id,
+                    "localXdsPath": inputs.cfg.local_xds_path,
+                },
+            });
+            match serde_json::to_string_pretty(&body) {
+                Ok(s) => respond(StatusCode::OK, "application/json", s),
+                Err(e) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
+            }
+        }
+        _ => not_found(),
+    })
+}

@@ -1,0 +1,146 @@
+//! Wires the agent together: loads everything first (so that a bad setting stops start-up),
+//! binds every listener, then serves until SIGTERM and drains.
+
+use crate::admin;
+use crate::config::Config;
+use crate::discovery::local;
+use crate::identity::{CertManager, LocalCa};
+use crate::metrics::Metrics;
+use crate::proxy::{self, ProxyInputs};
+use crate::state::StateHandle;
+use anyhow::Context;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+/// A started agent: listeners bound, serving.
+pub struct Agent {
+    pub inputs: Arc<ProxyInputs>,
+    drain: tokio::sync::watch::Sender<bool>,
+    ready: Arc<AtomicBool>,
+    tasks: JoinSet<()>,
+}
+
+impl Agent {
+    /// Loads configuration, state and CA, binds all listeners and starts serving.
+    pub async fn start(cfg: Config) -> anyhow::Result<Agent> {
+        let defaults = local::Defaults {
+            trust_domain: cfg.trust_domain.clone(),
+            cluster_id: cfg.cluster_id.clone(),
+        };
+        let state = local::load(&cfg.local_xds_path, &defaults)?;
+        let ca = LocalCa::load(&cfg.local_ca_dir).context("LOCAL_CA_DIR")?;
+        let certs = Arc::new(CertManager::new(ca, cfg.secret_ttl));
+        let state = Arc::new(StateHandle::new(state));
+        let metrics = Arc::new(Metrics::new());
+        let cfg = Arc::new(cfg);
+        let inputs = ProxyInputs::new(cfg.clone(), state.clone(), certs.clone(), metrics.clone());
+
+        // Sign the local identities' certificates now: a CA that cannot sign stops start-up.
+        for id in inputs.local_identities(&state.snapshot()) {
+            certs
+                .get(&id)
+                .with_context(|| format!("certificate for {id}"))?;
+        }
+
+        let l = &cfg.listeners;
+        let outbound = proxy::bind("outbound", l.outbound).await?;
+        let plaintext = proxy::bind("inbound plaintext", l.inbound_plaintext).await?;
+        let hbone = proxy::bind("hbone", l.hbone).await?;
+        let socks5 = match l.socks5 {
+            Some(a) => Some(proxy::bind("socks5", a).await?),
+            None => None,
+        };
+        let admin_l = proxy::bind("admin", l.admin).await?;
+        let metrics_l = proxy::bind("metrics", l.metrics).await?;
+        let readiness_l = proxy::bind("readiness", l.readiness).await?;
+
+        let (drain, drain_rx) = tokio::sync::watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(proxy::outbound::serve(
+            inputs.clone(),
+            outbound,
+            drain_rx.clone(),
+        ));
+        tasks.spawn(proxy::inbound_passthrough::serve(
+            inputs.clone(),
+            plaintext,
+            drain_rx.clone(),
+        ));
+        tasks.spawn(proxy::inbound::serve(
+            inputs.clone(),
+            hbone,
+            drain_rx.clone(),
+        ));
+        if let Some(s) = socks5 {
+            tasks.spawn(proxy::socks5::serve(inputs.clone(), s, drain_rx.clone()));
+        }
+        tasks.spawn(admin::serve(
+            "admin",
+            admin_l,
+            drain_rx.clone(),
+            admin::admin_handler(inputs.clone()),
+        ));
+        tasks.spawn(admin::serve(
+            "metrics",
+            metrics_l,
+            drain_rx.clone(),
+            admin::metrics_handler(metrics),
+        ));
+        tasks.spawn(admin::serve(
+            "readiness",
+            readiness_l,
+            drain_rx.clone(),
+            admin::readiness_handler(ready.clone()),
+        ));
+        tasks.spawn(local::watch(
+            cfg.local_xds_path.clone(),
+            defaults,
+            state,
+            cfg.reload_interval,
+        ));
+        tasks.spawn(renew_certificates(certs));
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!(
+            mode = ?cfg.proxy_mode,
+            node = %cfg.node_name,
+            workload = ?cfg.workload_info,
+            "ztunnel ready"
+        );
+        Ok(Agent {
+            inputs,
+            drain,
+            ready,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, lets open connections finish for up to `timeout`, then returns.
+    pub async fn drain(mut self, timeout: Duration) {
+        self.ready.store(false, Ordering::Relaxed);
+        let _ = self.drain.send(true);
+        tracing::info!(?timeout, "draining");
+        // Every open connection holds a drain receiver; all dropped means all done.
+        if tokio::time::timeout(timeout, self.drain.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timed out; closing the remaining connections");
+        }
+        self.tasks.abort_all();
+    }
+}
+
+/// Re-signs certificates at half-life, ahead of need.
+async fn renew_certificates(certs: Arc<CertManager>) {
+    loop {
+        let next = certs.renew_due();
+        let wait = next
+            .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+            .unwrap_or(Duration::from_secs(60))
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        tokio::time::sleep(wait).await;
+    }
+}

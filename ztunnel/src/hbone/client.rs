@@ -1,0 +1,288 @@
+//! The HBONE client: a pool of mTLS HTTP/2 connections keyed by (source identity, destination
+//! identities, destination address), each carrying many CONNECT streams.
+
+use super::{H2Stream, keepalive};
+use crate::identity::{CaError, CertManager, Identity};
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{Method, Request, StatusCode};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Why a tunnel could not be opened. The variant decides what the client sees and what the
+/// access log says.
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    /// The TCP connection to the peer's HBONE port failed.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (certificate not trusted, wrong identity, ...).
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// Our own certificate or TLS configuration could not be made.
+    #[error("client TLS configuration: {0}")]
+    Config(String),
+    /// The HTTP/2 layer failed.
+    #[error("HTTP/2 with {addr}: {source}")]
+    Http2 { addr: SocketAddr, source: h2::Error },
+    /// The peer answered the CONNECT with something other than 200.
+    #[error("peer {addr} answered CONNECT {authority} with {status}")]
+    Status {
+        addr: SocketAddr,
+        authority: SocketAddr,
+        status: StatusCode,
+    },
+    /// The connect timed out.
+    #[error("connecting to {addr}: timed out after {after:?}")]
+    Timeout { addr: SocketAddr, after: Duration },
+}
+
+impl From<CaError> for HboneError {
+    fn from(e: CaError) -> Self {
+        HboneError::Config(e.to_string())
+    }
+}
+
+/// What a pooled connection is for. Two requests share a connection only if all three match.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub src_id: Identity,
+    /// Identities the server may present (sorted, so that order does not split the pool).
+    pub dst_ids: Vec<Identity>,
+    /// The peer's HBONE address (`<pod ip>:15008`).
+    pub dst: SocketAddr,
+}
+
+impl PoolKey {
+    pub fn new(src_id: Identity, mut dst_ids: Vec<Identity>, dst: SocketAddr) -> Self {
+        dst_ids.sort();
+        dst_ids.dedup();
+        Self {
+            src_id,
+            dst_ids,
+            dst,
+        }
+    }
+}
+
+/// One CONNECT to make.
+#[derive(Clone, Debug)]
+pub struct Connect {
+    pub key: PoolKey,
+    /// `:authority`: the destination `<ip>:<port>` inside the tunnel.
+    pub authority: SocketAddr,
+    /// The original client address, sent as `forwarded: for="<addr>"`.
+    pub forwarded_for: Option<SocketAddr>,
+}
+
+/// How the pool opens its TCP connections.
+#[derive(Clone, Debug, Default)]
+pub struct Dialer {
+    /// `SO_MARK` on every socket, so that redirection never captures the agent itself.
+    pub mark: Option<u32>,
+    pub connect_timeout: Option<Duration>,
+}
+
+impl Dialer {
+    /// Opens a TCP connection to `addr` with the mark set.
+    pub async fn dial(&self, addr: SocketAddr) -> Result<TcpStream, std::io::Error> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(mark) = self.mark {
+            socket2::SockRef::from(&socket).set_mark(mark)?;
+        }
+        socket.set_nodelay(true)?;
+        let connect = socket.connect(addr);
+        match self.connect_timeout {
+            Some(t) => tokio::time::timeout(t, connect).await.map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })?,
+            None => connect.await,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct PooledConn {
+    sender: SendRequest<Bytes>,
+    streams: Arc<AtomicU32>,
+    closed: Arc<AtomicBool>,
+}
+
+impl PooledConn {
+    fn usable(&self) -> bool {
+        !self.closed.load(Ordering::Relaxed)
+            && self.streams.load(Ordering::Relaxed) < super::MAX_STREAMS_PER_CONN
+    }
+}
+
+/// Counts a stream against its connection for as long as it lives.
+struct StreamSlot(Arc<AtomicU32>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The HBONE connection pool.
+#[derive(Clone)]
+pub struct Pool {
+    certs: Arc<CertManager>,
+    dialer: Dialer,
+    conns: Arc<Mutex<HashMap<PoolKey, Vec<PooledConn>>>>,
+    /// Serialises dialing per key, so that a burst of requests opens one connection, not many.
+    dialing: Arc<Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl Pool {
+    pub fn new(certs: Arc<CertManager>, dialer: Dialer) -> Self {
+        Self {
+            certs,
+            dialer,
+            conns: Default::default(),
+            dialing: Default::default(),
+        }
+    }
+
+    /// Opens a CONNECT stream to `req.authority` over a pooled (or new) connection.
+    pub async fn connect(&self, req: &Connect) -> Result<H2Stream, HboneError> {
+        let conn = match self.checkout(&req.key) {
+            Some(c) => c,
+            None => {
+                let lock = self.dial_lock(&req.key);
+                let _held = lock.lock().await;
+                match self.checkout(&req.key) {
+                    Some(c) => c,
+                    None => self.open(&req.key).await?,
+                }
+            }
+        };
+        send_connect(conn, req).await
+    }
+
+    fn dial_lock(&self, key: &PoolKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.dialing.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.clone()).or_default().clone()
+    }
+
+    fn checkout(&self, key: &PoolKey) -> Option<PooledConn> {
+        let mut map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let list = map.get_mut(key)?;
+        list.retain(|c| !c.closed.load(Ordering::Relaxed));
+        list.iter().find(|c| c.usable()).cloned()
+    }
+
+    /// Number of open pooled connections (for tests and the admin page).
+    pub fn connections(&self) -> usize {
+        let map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .flatten()
+            .filter(|c| !c.closed.load(Ordering::Relaxed))
+            .count()
+    }
+
+    async fn open(&self, key: &PoolKey) -> Result<PooledConn, HboneError> {
+        let addr = key.dst;
+        let cert = self.certs.get(&key.src_id)?;
+        let tls = crate::tls::client_config(&cert, self.certs.roots(), key.dst_ids.clone())
+            .map_err(|e| HboneError::Config(e.to_string()))?;
+        let tcp = self
+            .dialer
+            .dial(addr)
+            .await
+            .map_err(|source| HboneError::Connect { addr, source })?;
+        let server_name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(server_name, tcp)
+            .await
+            .map_err(|source| HboneError::Tls { addr, source })?;
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(super::STREAM_WINDOW)
+            .initial_connection_window_size(super::CONNECTION_WINDOW)
+            .max_frame_size(super::MAX_FRAME)
+            .max_header_list_size(super::MAX_HEADER_LIST)
+            .max_send_buffer_size(super::STREAM_WINDOW as usize)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|source| HboneError::Http2 { addr, source })?;
+        let conn = PooledConn {
+            sender,
+            streams: Arc::new(AtomicU32::new(0)),
+            closed: Arc::new(AtomicBool::new(false)),
+        };
+        let closed = conn.closed.clone();
+        let ping = connection.ping_pong();
+        tokio::spawn(async move {
+            let result = match ping {
+                Some(ping) => tokio::select! {
+                    r = &mut connection => r,
+                    r = keepalive(ping) => r,
+                },
+                None => connection.await,
+            };
+            closed.store(true, Ordering::Relaxed);
+            match result {
+                Ok(()) => tracing::debug!(%addr, "HBONE connection closed"),
+                Err(e) => tracing::debug!(%addr, error = %e, "HBONE connection ended"),
+            }
+        });
+        tracing::debug!(%addr, src = %key.src_id, "opened HBONE connection");
+        let mut map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.clone()).or_default().push(conn.clone());
+        Ok(conn)
+    }
+}
+
+async fn send_connect(mut conn: PooledConn, req: &Connect) -> Result<H2Stream, HboneError> {
+    let addr = req.key.dst;
+    let h2err = |source| HboneError::Http2 { addr, source };
+    conn.streams.fetch_add(1, Ordering::Relaxed);
+    let slot = StreamSlot(conn.streams.clone());
+    let mut builder = Request::builder()
+        .method(Method::CONNECT)
+        .uri(req.authority.to_string())
+        .version(http::Version::HTTP_2);
+    if let Some(f) = req.forwarded_for {
+        builder = builder.header(super::FORWARDED, forwarded_value(f));
+    }
+    let request = builder
+        .body(())
+        .map_err(|e| HboneError::Config(format!("CONNECT request: {e}")))?;
+    let mut sender = std::future::poll_fn(|cx| conn.sender.poll_ready(cx))
+        .await
+        .map(|()| conn.sender.clone())
+        .map_err(|e| {
+            conn.closed.store(true, Ordering::Relaxed);
+            h2err(e)
+        })?;
+    let (response, send) = sender.send_request(request, false).map_err(h2err)?;
+    let response = response.await.map_err(h2err)?;
+    if response.status() != StatusCode::OK {
+        return Err(HboneError::Status {
+            addr,
+            authority: req.authority,
+            status: response.status(),
+        });
+    }
+    Ok(H2Stream::new(send, response.into_body()).with_slot(slot))
+}
+
+/// `for="<addr>"`, with IPv6 addresses bracketed as RFC 7239 asks.
+fn forwarded_value(addr: SocketAddr) -> String {
+    format!("for=\"{addr}\"")
+}

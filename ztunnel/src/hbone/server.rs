@@ -1,0 +1,153 @@
+//! The HBONE server: accepts mTLS connections and hands each CONNECT stream to a handler.
+
+use super::H2Stream;
+use crate::identity::Identity;
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{Method, Request, Response, StatusCode};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+/// A CONNECT (or anything else) that arrived on an HBONE connection, not yet answered.
+pub struct IncomingStream {
+    pub request: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+    /// The client's identity, from its certificate.
+    pub peer_identity: Identity,
+    /// The outer connection's addresses.
+    pub peer_addr: SocketAddr,
+    pub local_addr: SocketAddr,
+}
+
+impl IncomingStream {
+    pub fn is_connect(&self) -> bool {
+        self.request.method() == Method::CONNECT
+    }
+
+    /// The `<ip>:<port>` of the CONNECT authority, if it is one.
+    pub fn authority(&self) -> Option<SocketAddr> {
+        self.request.uri().authority()?.as_str().parse().ok()
+    }
+
+    /// The original client address from `forwarded: for="..."`, if sent.
+    pub fn forwarded_for(&self) -> Option<SocketAddr> {
+        let v = self
+            .request
+            .headers()
+            .get(super::FORWARDED)?
+            .to_str()
+            .ok()?;
+        v.split(';')
+            .filter_map(|p| p.trim().strip_prefix("for="))
+            .map(|p| p.trim_matches('"'))
+            .find_map(|p| p.parse().ok())
+    }
+
+    /// Answers with an error status and ends the stream.
+    pub fn reject(mut self, status: StatusCode) {
+        let response = Response::builder().status(status).body(());
+        if let Ok(response) = response
+            && let Err(e) = self.respond.send_response(response, true)
+        {
+            tracing::debug!(error = %e, "could not send HBONE rejection");
+        }
+    }
+
+    /// Answers 200 and returns the tunnel.
+    pub fn accept(mut self) -> Result<H2Stream, h2::Error> {
+        let response = Response::builder()
+            .status(StatusCode::OK)
+            .body(())
+            .unwrap_or_default();
+        let send = self.respond.send_response(response, false)?;
+        Ok(H2Stream::new(send, self.request.into_body()))
+    }
+}
+
+/// Why an HBONE connection ended before or during serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("TLS handshake from {peer}: {source}")]
+    Tls {
+        peer: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("client {peer} presented no SPIFFE identity")]
+    NoIdentity { peer: SocketAddr },
+    #[error("HTTP/2 from {peer}: {source}")]
+    Http2 { peer: SocketAddr, source: h2::Error },
+}
+
+/// Serves one accepted TCP connection: TLS with `tls`, then HTTP/2, handing every stream to
+/// `handler` on its own task. Returns when the connection ends or `drain` fires (after a
+/// graceful GOAWAY).
+pub async fn serve<H, F>(
+    tcp: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+    handler: H,
+) -> Result<(), ServeError>
+where
+    H: Fn(IncomingStream) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let peer = tcp.peer_addr().map_err(|source| ServeError::Tls {
+        peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let local = tcp
+        .local_addr()
+        .map_err(|source| ServeError::Tls { peer, source })?;
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio_rustls::TlsAcceptor::from(tls)
+        .accept(tcp)
+        .await
+        .map_err(|source| ServeError::Tls { peer, source })?;
+    let identity = crate::tls::peer_identity(tls.get_ref().1.peer_certificates())
+        .ok_or(ServeError::NoIdentity { peer })?;
+    let mut conn = h2::server::Builder::new()
+        .initial_window_size(super::STREAM_WINDOW)
+        .initial_connection_window_size(super::CONNECTION_WINDOW)
+        .max_frame_size(super::MAX_FRAME)
+        .max_header_list_size(super::MAX_HEADER_LIST)
+        .max_send_buffer_size(super::STREAM_WINDOW as usize)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .map_err(|source| ServeError::Http2 { peer, source })?;
+    let h2err = |source| ServeError::Http2 { peer, source };
+    let mut draining = *drain.borrow();
+    if draining {
+        conn.graceful_shutdown();
+    }
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+                continue;
+            }
+        };
+        match next {
+            None => return Ok(()),
+            Some(Err(e)) if e.is_go_away() || e.is_remote() => {
+                tracing::debug!(%peer, error = %e, "HBONE connection closed by peer");
+                return Ok(());
+            }
+            Some(Err(e)) => return Err(h2err(e)),
+            Some(Ok((request, respond))) => {
+                let stream = IncomingStream {
+                    request,
+                    respond,
+                    peer_identity: identity.clone(),
+                    peer_addr: peer,
+                    local_addr: local,
+                };
+                tokio::spawn(handler(stream));
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! A local certificate authority in Istio's plug-in CA layout.
+//!
+//! The folder holds `ca-cert.pem` (the signing certificate), `ca-key.pem` (its key),
+//! `root-cert.pem` (the trust anchor) and `cert-chain.pem` (from the signing certificate up to
+//! the root). Workload certificates are ECDSA P-256 with the SPIFFE URI as their only SAN.
+
+use super::Identity;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+pub const CA_CERT: &str = "ca-cert.pem";
+pub const CA_KEY: &str = "ca-key.pem";
+pub const ROOT_CERT: &str = "root-cert.pem";
+pub const CERT_CHAIN: &str = "cert-chain.pem";
+
+/// Errors of the local CA; each names the file or the identity concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// A file of the CA folder could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A file of the CA folder does not hold what it should.
+    #[error("{path}: {what}")]
+    BadFile { path: PathBuf, what: String },
+    /// Signing a certificate failed.
+    #[error("signing a certificate for {subject}: {source}")]
+    Sign {
+        subject: String,
+        source: rcgen::Error,
+    },
+}
+
+/// A signed workload certificate with its key and the chain up to (not including) the root.
+#[derive(Debug)]
+pub struct WorkloadCert {
+    pub identity: Identity,
+    /// Leaf first, then the intermediates of the CA's `cert-chain.pem` (the root excluded).
+    pub chain: Vec<CertificateDer<'static>>,
+    key_pkcs8: Vec<u8>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl WorkloadCert {
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()))
+    }
+
+    /// When the certificate has lived half its life and should be replaced.
+    pub fn refresh_at(&self) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_before + life / 2
+    }
+}
+
+/// The signing half of Istio's plug-in CA, loaded from a folder.
+pub struct LocalCa {
+    issuer: rcgen::Certificate,
+    issuer_key: KeyPair,
+    /// `cert-chain.pem` without the root: appended to every workload chain.
+    intermediates: Vec<CertificateDer<'static>>,
+    roots: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for LocalCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCa")
+            .field("roots", &self.roots.len())
+            .finish()
+    }
+}
+
+fn read(dir: &Path, name: &str) -> Result<(PathBuf, String), CaError> {
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok((path, s)),
+        Err(source) => Err(CaError::Io { path, source }),
+    }
+}
+
+fn certs(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    let certs = certs.map_err(|e| CaError::BadFile {
+        path: path.to_owned(),
+        what: format!("not PEM certificates: {e}"),
+    })?;
+    if certs.is_empty() {
+        return Err(CaError::BadFile {
+            path: path.to_owned(),
+            what: "expected at least one PEM certificate, found none".into(),
+        });
+    }
+    Ok(certs)
+}
+
+impl LocalCa {
+    /// Loads the CA from `dir`; every file must be present and well formed.
+    pub fn load(dir: &Path) -> Result<Self, CaError> {
+        let (cert_path, cert_pem) = read(dir, CA_CERT)?;
+        let (key_path, key_pem) = read(dir, CA_KEY)?;
+        let (root_path, root_pem) = read(dir, ROOT_CERT)?;
+        let (chain_path, chain_pem) = read(dir, CERT_CHAIN)?;
+
+        let issuer_key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::BadFile {
+            path: key_path.clone(),
+            what: format!("expected a PEM private key (PKCS#8, EC or RSA): {e}"),
+        })?;
+        let params =
+            CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| CaError::BadFile {
+                path: cert_path.clone(),
+                what: format!("expected a PEM CA certificate: {e}"),
+            })?;
+        let ca_der = certs(&cert_path, &cert_pem)?.remove(0);
+        // Re-creating the issuer from its parameters and key gives the same subject and key
+        // identifier, which is all that signing needs.
+        let issuer = params
+            .self_signed(&issuer_key)
+            .map_err(|e| CaError::BadFile {
+                path: key_path.clone(),
+                what: format!("key does not fit {}: {e}", cert_path.display()),
+            })?;
+        let roots = certs(&root_path, &root_pem)?;
+        let chain = certs(&chain_path, &chain_pem)?;
+        if chain.first() != Some(&ca_der) {
+            return Err(CaError::BadFile {
+                path: chain_path,
+                what: format!("expected to start with {CA_CERT}"),
+            });
+        }
+        let intermediates = chain.into_iter().filter(|c| !roots.contains(c)).collect();
+        Ok(Self {
+            issuer,
+            issuer_key,
+            intermediates,
+            roots,
+        })
+    }
+
+    /// The trust bundle: the root certificates of `root-cert.pem`.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// Signs a fresh ECDSA P-256 certificate for `identity`, valid for `ttl`.
+    pub fn sign(&self, identity: &Identity, ttl: Duration) -> Result<WorkloadCert, CaError> {
+        let subject = identity.to_string();
+        let sign_err = |source| CaError::Sign {
+            subject: subject.clone(),
+            source,
+        };
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(sign_err)?;
+        let now = SystemTime::now();
+        // A minute of slack for clocks that differ between nodes.
+        let not_before = now - Duration::from_secs(60);
+        let not_after = now + ttl;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names =
+            vec![SanType::URI(subject.clone().try_into().map_err(sign_err)?)];
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer, &self.issuer_key)
+            .map_err(sign_err)?;
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.intermediates.iter().cloned());
+        Ok(WorkloadCert {
+            identity: identity.clone(),
+            chain,
+            key_pkcs8: key.serialize_der(),
+            not_before,
+            not_after,
+        })
+    }
+
+    /// Writes a new self-signed root CA for `trust_domain` in the plug-in layout to `dir`
+    /// (created if missing). For demos and tests; production CAs come from the operator.
+    pub fn generate(dir: &Path, trust_domain: &str) -> Result<(), CaError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CaError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let subject = format!("root CA for {trust_domain}");
+        let sign_err = |source| CaError::Sign {
+            subject: subject.clone(),
+            source,
+        };
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(sign_err)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, trust_domain);
+        dn.push(DnType::CommonName, "mesh root CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(3600)).into();
+        params.not_after = (now + Duration::from_secs(10 * 365 * 24 * 3600)).into();
+        let cert = params.self_signed(&key).map_err(sign_err)?;
+        let pem = cert.pem();
+        for (name, body) in [
+            (CA_CERT, pem.as_str()),
+            (ROOT_CERT, pem.as_str()),
+            (CERT_CHAIN, pem.as_str()),
+            (CA_KEY, key.serialize_pem().as_str()),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, body).map_err(io(&path))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signs_a_spiffe_certificate_that_chains_to_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        LocalCa::generate(dir.path(), "cluster.local").unwrap();
+        let ca = LocalCa::load(dir.path()).unwrap();
+        let id = Identity::new("cluster.local", "ns1", "sa1");
+        let cert = ca.sign(&id, Duration::from_secs(3600)).unwrap();
+        assert_eq!(cert.chain.len(), 1, "a root CA adds no intermediates");
+        let ids = crate::tls::identities_of(&cert.chain[0]).unwrap();
+        assert_eq!(ids, vec![id]);
+        assert!(cert.refresh_at() > SystemTime::now());
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        LocalCa::generate(dir.path(), "cluster.local").unwrap();
+        std::fs::remove_file(dir.path().join(CA_KEY)).unwrap();
+        let err = LocalCa::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("ca-key.pem"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_key_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        LocalCa::generate(dir.path(), "cluster.local").unwrap();
+        std::fs::write(dir.path().join(CA_KEY), "not a key").unwrap();
+        let err = LocalCa::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("ca-key.pem") && err.contains("private key"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! `ztunnel`: the node agent. Parses flags (with Istio's environment variables) and runs.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use ztunnel::config::{Args, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "ztunnel",
+    version,
+    about = "Node agent of the ambient mesh (HBONE, mTLS, L4 policy)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Args,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Writes a new root CA in Istio's plug-in layout (ca-cert.pem, ca-key.pem,
+    /// root-cert.pem, cert-chain.pem), for demos and tests.
+    CreateCa {
+        /// Folder to write (created if missing).
+        dir: PathBuf,
+        #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+        trust_domain: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::CreateCa { dir, trust_domain }) = cli.command {
+        ztunnel::identity::LocalCa::generate(&dir, &trust_domain)?;
+        println!("wrote a root CA for {trust_domain} to {}", dir.display());
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.run.log).context("RUST_LOG")?)
+        .init();
+    let cfg = Config::try_from(cli.run)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.worker_threads)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let drain_timeout = cfg.drain_timeout;
+    let agent = ztunnel::app::Agent::start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+    agent.drain(drain_timeout).await;
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Inbound HBONE (15008): mTLS connections from other agents (or waypoints), each CONNECT
+//! stream checked and carried to a local workload.
+//!
+//! Answers as Istio's ztunnel does: 400 for a method other than CONNECT, an authority that is
+//! not an `<ip>:<port>`, or one that is not a local workload reached on its own address; 401
+//! when policy denies; 503 when the workload cannot be reached. 200 otherwise, then bytes.
+
+use super::{ProxyInputs, is_own_port};
+use crate::hbone::server::{self, IncomingStream};
+use crate::metrics::{ConnectionInfo, ConnectionRecord, Direction, Outcome};
+use crate::rbac::{self, Connection};
+use http::StatusCode;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+
+/// TLS configurations by local identity, rebuilt when the certificate is renewed.
+#[derive(Default)]
+struct ServerConfigs(Mutex<HashMap<crate::identity::Identity, (usize, Arc<rustls::ServerConfig>)>>);
+
+/// The HBONE listener.
+pub async fn serve(
+    inputs: Arc<ProxyInputs>,
+    listener: TcpListener,
+    drain: tokio::sync::watch::Receiver<bool>,
+) {
+    let configs = Arc::new(ServerConfigs::default());
+    super::accept_loop("hbone", listener, drain, move |stream, peer, drain| {
+        let inputs = inputs.clone();
+        let configs = configs.clone();
+        async move {
+            let tls = match server_tls(&inputs, &configs, &stream) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "no certificate to serve HBONE with");
+                    return;
+                }
+            };
+            let handler = {
+                let inputs = inputs.clone();
+                move |incoming| handle(inputs.clone(), incoming)
+            };
+            if let Err(e) = server::serve(stream, tls, drain, handler).await {
+                tracing::warn!(%peer, error = %e, "HBONE connection failed");
+            }
+        }
+    })
+    .await
+}
+
+/// The certificate presented is that of the local workload whose address the client reached
+/// (dedicated mode: the one workload).
+fn server_tls(
+    inputs: &ProxyInputs,
+    configs: &ServerConfigs,
+    stream: &tokio::net::TcpStream,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let local = stream.local_addr().map_err(|e| e.to_string())?;
+    let state = inputs.state.snapshot();
+    let id = match state.workload_by_ip(&inputs.cfg.network, local.ip()) {
+        Some(w) if inputs.is_local(w) => w.identity(),
+        _ => inputs
+            .dedicated_source(&state)
+            .map(|(_, id)| id)
+            .ok_or_else(|| format!("{local} is not a local workload"))?,
+    };
+    let cert = inputs.certs.get(&id).map_err(|e| e.to_string())?;
+    // Key the cache on the certificate itself, so that a renewal builds a new config.
+    let stamp = Arc::as_ptr(&cert) as usize;
+    let mut map = configs.0.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((s, cfg)) = map.get(&id)
+        && *s == stamp
+    {
+        return Ok(cfg.clone());
+    }
+    let cfg = Arc::new(
+        crate::tls::server_config(&cert, inputs.certs.roots(), &inputs.cfg.trust_domain)
+            .map_err(|e| e.to_string())?,
+    );
+    map.insert(id, (stamp, cfg.clone()));
+    Ok(cfg)
+}
+
+fn reject(incoming: IncomingStream, status: StatusCode, why: &str) {
+    tracing::event!(
+        target: "access",
+        tracing::Level::WARN,
+        src.addr = %incoming.peer_addr,
+        src.identity = %incoming.peer_identity,
+        dst.addr = %incoming.local_addr,
+        dst.hbone_addr = %incoming.request.uri(),
+        direction = "inbound",
+        error = %format!("{}: {why}", status.as_u16()),
+        "connection failed"
+    );
+    incoming.reject(status);
+}
+
+/// Serves one CONNECT stream.
+pub async fn handle(inputs: Arc<ProxyInputs>, incoming: IncomingStream) {
+    if !incoming.is_connect() {
+        let m = incoming.request.method().to_string();
+        return reject(
+            incoming,
+            StatusCode::BAD_REQUEST,
+            &format!("method {m} is not CONNECT"),
+        );
+    }
+    let Some(authority) = incoming.authority() else {
+        return reject(
+            incoming,
+            StatusCode::BAD_REQUEST,
+            "authority is not <ip>:<port>",
+        );
+    };
+    let state = inputs.state.snapshot();
+    let dst_workload = match state.workload_by_ip(&inputs.cfg.network, authority.ip()) {
+        Some(w) if inputs.is_local(w) => w.clone(),
+        _ => {
+            return reject(
+                incoming,
+                StatusCode::BAD_REQUEST,
+                &format!("{} is not a local workload", authority.ip()),
+            );
+        }
+    };
+    if !incoming.local_addr.ip().is_unspecified() && incoming.local_addr.ip() != authority.ip() {
+        let why = format!(
+            "authority {authority} does not match the address reached, {}",
+            incoming.local_addr
+        );
+        return reject(incoming, StatusCode::BAD_REQUEST, &why);
+    }
+    if is_own_port(authority.port()) {
+        return reject(
+            incoming,
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("port {} belongs to the agent", authority.port()),
+        );
+    }
+    let src_addr = incoming.forwarded_for().unwrap_or(incoming.peer_addr);
+    let conn = Connection {
+        src_identity: Some(incoming.peer_identity.clone()),
+        src_ip: incoming.peer_addr.ip(),
+        dst: authority,
+    };
+    let info = ConnectionInfo {
+        direction: Direction::Inbound,
+        src_addr,
+        src_workload: state
+            .workload_by_ip(&inputs.cfg.network, src_addr.ip())
+            .cloned(),
+        src_identity: Some(incoming.peer_identity.clone()),
+        dst_addr: incoming.local_addr,
+        hbone_addr: Some(authority),
+        dst_workload: Some(dst_workload.clone()),
+        dst_service: None,
+        dst_identity: Some(dst_workload.identity()),
+        mtls: true,
+    };
+    let record = ConnectionRecord::open(inputs.metrics.clone(), info);
+    if let Err(denied) = rbac::evaluate(state.policies_for(&dst_workload), &conn) {
+        incoming.reject(StatusCode::UNAUTHORIZED);
+        return record.finish(Outcome::Denied(format!("401 Unauthorized: {denied}")));
+    }
+    let mut upstream =
+        match super::inbound_passthrough::connect_local(&inputs, src_addr, authority).await {
+            Ok(s) => s,
+            Err(e) => {
+                incoming.reject(StatusCode::SERVICE_UNAVAILABLE);
+                return record.finish(Outcome::ConnectFailed(format!(
+                    "503 Service Unavailable: connecting to {authority}: {e}"
+                )));
+            }
+        };
+    let mut tunnel = match incoming.accept() {
+        Ok(t) => t,
+        Err(e) => return record.finish(Outcome::Failed(format!("answering CONNECT: {e}"))),
+    };
+    let copied = super::inbound_passthrough::copy_under_policy(
+        &inputs,
+        &dst_workload,
+        &conn,
+        &mut tunnel,
+        &mut upstream,
+        &record,
+    )
+    .await;
+    match copied {
+        Ok(()) => record.finish(Outcome::Ok),
+        Err(outcome) => {
+            tunnel.reset();
+            super::reset(upstream);
+            record.finish(outcome)
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Inbound plaintext (15006): connections from clients outside the mesh to a local workload,
+//! subject to policy (they carry no identity). Also the pieces every inbound path shares:
+//! connecting to the local workload and copying while policy keeps allowing.
+
+use super::{ProxyInputs, copy, is_own_port, reset};
+use crate::metrics::{ConnectionInfo, ConnectionRecord, Direction, Outcome};
+use crate::rbac::{self, Connection};
+use crate::state::Workload;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+pub async fn serve(
+    inputs: Arc<ProxyInputs>,
+    listener: TcpListener,
+    drain: tokio::sync::watch::Receiver<bool>,
+) {
+    super::accept_loop(
+        "inbound plaintext",
+        listener,
+        drain,
+        move |stream, peer, _| {
+            let inputs = inputs.clone();
+            async move { handle(inputs, stream, peer).await }
+        },
+    )
+    .await
+}
+
+async fn handle(inputs: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
+    let Some(dst) = super::original_dst(&client) else {
+        return reset(client);
+    };
+    let state = inputs.state.snapshot();
+    let dst_workload = match state.workload_by_ip(&inputs.cfg.network, dst.ip()) {
+        Some(w) if inputs.is_local(w) && !is_own_port(dst.port()) => w.clone(),
+        _ => {
+            tracing::event!(target: "access", tracing::Level::WARN, src.addr = %peer, dst.addr = %dst, direction = "inbound", error = "not a local workload", "connection failed");
+            return reset(client);
+        }
+    };
+    let conn = Connection {
+        src_identity: None,
+        src_ip: peer.ip(),
+        dst,
+    };
+    let info = ConnectionInfo {
+        direction: Direction::Inbound,
+        src_addr: peer,
+        src_workload: state
+            .workload_by_ip(&inputs.cfg.network, peer.ip())
+            .cloned(),
+        src_identity: None,
+        dst_addr: dst,
+        hbone_addr: None,
+        dst_workload: Some(dst_workload.clone()),
+        dst_service: None,
+        dst_identity: None,
+        mtls: false,
+    };
+    let record = ConnectionRecord::open(inputs.metrics.clone(), info);
+    if let Err(denied) = rbac::evaluate(state.policies_for(&dst_workload), &conn) {
+        record.finish(Outcome::Denied(denied.to_string()));
+        return reset(client);
+    }
+    let mut upstream = match connect_local(&inputs, peer, dst).await {
+        Ok(s) => s,
+        Err(e) => {
+            record.finish(Outcome::ConnectFailed(format!("connecting to {dst}: {e}")));
+            return reset(client);
+        }
+    };
+    match copy_under_policy(
+        &inputs,
+        &dst_workload,
+        &conn,
+        &mut client,
+        &mut upstream,
+        &record,
+    )
+    .await
+    {
+        Ok(()) => record.finish(Outcome::Ok),
+        Err(outcome) => {
+            record.finish(outcome);
+            reset(upstream);
+            reset(client);
+        }
+    }
+}
+
+/// Connects to a local workload at `dst`, from the original client's address when
+/// `ENABLE_ORIG_SRC` is set.
+pub async fn connect_local(
+    inputs: &ProxyInputs,
+    src: SocketAddr,
+    dst: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    if !inputs.cfg.enable_orig_src || src.is_ipv4() != dst.is_ipv4() {
+        return inputs.dialer.dial(dst).await;
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(dst),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if let Some(mark) = inputs.cfg.packet_mark {
+        socket.set_mark(mark)?;
+    }
+    // IP_TRANSPARENT lets us bind the client's address; IPv4 only for now.
+    if !dst.is_ipv4() {
+        return inputs.dialer.dial(dst).await;
+    }
+    socket.set_ip_transparent(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(src.ip(), 0).into())?;
+    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+    socket.connect(dst).await
+}
+
+/// Copies between the client side and the workload until done, re-checking policy whenever
+/// the state changes: a connection that a new policy denies is cut.
+pub async fn copy_under_policy<D, U>(
+    inputs: &ProxyInputs,
+    dst_workload: &Workload,
+    conn: &Connection,
+    downstream: &mut D,
+    upstream: &mut U,
+    record: &ConnectionRecord,
+) -> Result<(), Outcome>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut changes = inputs.state.subscribe();
+    let copy = copy::bidirectional(downstream, upstream, &record.bytes);
+    tokio::pin!(copy);
+    loop {
+        tokio::select! {
+            r = &mut copy => return r.map_err(|e| Outcome::Failed(e.to_string())),
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let state = inputs.state.snapshot();
+                let w = state.workload_by_uid(&dst_workload.uid).cloned();
+                let verdict = match &w {
+                    Some(w) => rbac::evaluate(state.policies_for(w), conn),
+                    None => Err(rbac::Denied::Explicit("destination workload removed".into())),
+                };
+                if let Err(denied) = verdict {
+                    tracing::info!(dst = %conn.dst, reason = %denied, "policy changed: closing open connection");
+                    return Err(Outcome::Denied(format!("401 Unauthorized (re-check): {denied}")));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The data path: listeners that take connections however they were captured (original
+//! destination, SOCKS5, HBONE) and carry them to their destination, under policy, with one
+//! metrics-and-log record per connection.
+
+pub mod copy;
+pub mod inbound;
+pub mod inbound_passthrough;
+pub mod outbound;
+pub mod socks5;
+
+use crate::config::{Config, ProxyMode};
+use crate::hbone::client::{Dialer, Pool};
+use crate::identity::{CertManager, Identity};
+use crate::metrics::Metrics;
+use crate::state::{Picker, State, StateHandle, Workload};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// What every listener shares.
+pub struct ProxyInputs {
+    pub cfg: Arc<Config>,
+    pub state: Arc<StateHandle>,
+    pub certs: Arc<CertManager>,
+    pub pool: Pool,
+    pub dialer: Dialer,
+    pub metrics: Arc<Metrics>,
+    pub picker: Picker,
+}
+
+impl ProxyInputs {
+    pub fn new(
+        cfg: Arc<Config>,
+        state: Arc<StateHandle>,
+        certs: Arc<CertManager>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let dialer = Dialer {
+            mark: cfg.packet_mark,
+            connect_timeout: Some(Duration::from_secs(10)),
+        };
+        Arc::new(Self {
+            pool: Pool::new(certs.clone(), dialer.clone()),
+            cfg,
+            state,
+            certs,
+            dialer,
+            metrics,
+            picker: Picker::default(),
+        })
+    }
+
+    /// Whether this agent serves `w`: the dedicated workload, or (shared mode) any workload
+    /// of this node.
+    pub fn is_local(&self, w: &Workload) -> bool {
+        match (&self.cfg.proxy_mode, &self.cfg.workload_info) {
+            (ProxyMode::Dedicated, Some(info)) => {
+                w.namespace == info.namespace && w.name == info.name
+            }
+            _ => !self.cfg.node_name.is_empty() && w.node == self.cfg.node_name,
+        }
+    }
+
+    /// The workload whose connections this agent originates in dedicated mode, and its
+    /// identity (from `PROXY_WORKLOAD_INFO`, even if the file does not list the workload).
+    pub fn dedicated_source(&self, state: &State) -> Option<(Option<Arc<Workload>>, Identity)> {
+        let info = self.cfg.workload_info.as_ref()?;
+        let w = state.workload_by_name(&info.namespace, &info.name).cloned();
+        let trust_domain = w
+            .as_ref()
+            .map_or(self.cfg.trust_domain.as_str(), |w| w.trust_domain.as_str());
+        let id = Identity::new(trust_domain, &info.namespace, &info.service_account);
+        Some((w, id))
+    }
+
+    /// The identities whose certificates this agent presents.
+    pub fn local_identities(&self, state: &State) -> Vec<Identity> {
+        let mut ids: Vec<Identity> = state
+            .workloads()
+            .filter(|w| self.is_local(w))
+            .map(|w| w.identity())
+            .collect();
+        if let Some((_, id)) = self.dedicated_source(state) {
+            ids.push(id);
+        }
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+/// A listener bind that names the address in its error.
+#[derive(Debug, thiserror::Error)]
+#[error("binding the {name} listener on {addr}: {source}")]
+pub struct BindError {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+pub async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    let err = |source| BindError { name, addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(1024).map_err(err)
+}
+
+/// The destination the client dialled: `SO_ORIGINAL_DST` when the connection was redirected
+/// there, else the address it reached us on.
+pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    crate::sys::original_dst(stream).or_else(|| stream.local_addr().ok())
+}
+
+/// Ports of the agent's own listeners: never a destination, or traffic would loop.
+pub fn is_own_port(port: u16) -> bool {
+    [
+        mesh_common::OUTBOUND_PORT,
+        mesh_common::INBOUND_PLAINTEXT_PORT,
+        mesh_common::HBONE_PORT,
+        mesh_common::SOCKS5_PORT,
+    ]
+    .contains(&port)
+}
+
+/// Closes `stream` with a TCP reset, so that the client sees the failure as such.
+pub fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// Accepts connections on `listener` until `drain` fires, handing each to `handle`.
+pub async fn accept_loop<F, Fut>(
+    name: &'static str,
+    listener: TcpListener,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr, tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            _ = drain.changed() => {
+                tracing::info!(listener = name, "draining: no longer accepting");
+                return;
+            }
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(handle(stream, peer, drain.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}

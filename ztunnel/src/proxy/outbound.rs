@@ -1,0 +1,149 @@
+//! Outbound: a connection from a local workload to wherever it dialled. A service VIP is
+//! resolved to an endpoint (service port mapped to target port); a destination that speaks
+//! HBONE is reached through a tunnel to `<pod IP>:15008`, anything else over plain TCP.
+
+use super::{ProxyInputs, copy, is_own_port, reset};
+use crate::hbone::client::{Connect, HboneError, PoolKey};
+use crate::metrics::{ConnectionInfo, ConnectionRecord, Direction, Outcome};
+use crate::state::{Protocol, Upstream};
+use http::StatusCode;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+/// The outbound listener (15001): connections captured with their original destination.
+pub async fn serve(
+    inputs: Arc<ProxyInputs>,
+    listener: tokio::net::TcpListener,
+    drain: tokio::sync::watch::Receiver<bool>,
+) {
+    super::accept_loop("outbound", listener, drain, move |stream, peer, _drain| {
+        let inputs = inputs.clone();
+        async move {
+            match super::original_dst(&stream) {
+                Some(dst) => proxy(inputs, stream, peer, dst).await,
+                None => reset(stream),
+            }
+        }
+    })
+    .await
+}
+
+/// Where one outbound connection goes.
+enum Route {
+    Hbone {
+        upstream: Upstream,
+        connect: Connect,
+    },
+    Tcp {
+        upstream: Option<Upstream>,
+        addr: SocketAddr,
+    },
+}
+
+/// Carries `client` (from `client_addr`, dialling `dst`) to its destination. Shared by every
+/// way a connection can be captured.
+pub async fn proxy(
+    inputs: Arc<ProxyInputs>,
+    mut client: TcpStream,
+    client_addr: SocketAddr,
+    dst: SocketAddr,
+) {
+    let state = inputs.state.snapshot();
+    let Some((src_workload, src_id)) = inputs.dedicated_source(&state) else {
+        tracing::warn!(%client_addr, %dst, "no source workload for outbound connection");
+        return reset(client);
+    };
+    let local_ips: Vec<_> = src_workload
+        .as_ref()
+        .map(|w| w.workload_ips.clone())
+        .unwrap_or_default();
+    if is_own_port(dst.port()) && (dst.ip().is_loopback() || local_ips.contains(&dst.ip())) {
+        tracing::warn!(%client_addr, %dst, "refusing a connection to the agent's own port");
+        return reset(client);
+    }
+    let upstream = state.resolve(&inputs.cfg.network, dst, &inputs.picker);
+    let route = match upstream {
+        Some(up) if up.workload.protocol == Protocol::HBONE => {
+            let mut expected = vec![up.workload.identity()];
+            if let Some(svc) = &up.service {
+                expected.extend(svc.subject_alt_names.iter().filter_map(|s| s.parse().ok()));
+            }
+            let hbone = SocketAddr::new(up.addr.ip(), inputs.cfg.hbone_port);
+            let connect = Connect {
+                key: PoolKey::new(src_id.clone(), expected, hbone),
+                authority: up.addr,
+                forwarded_for: Some(client_addr),
+            };
+            Route::Hbone {
+                upstream: up,
+                connect,
+            }
+        }
+        Some(up) => Route::Tcp {
+            addr: up.addr,
+            upstream: Some(up),
+        },
+        None => Route::Tcp {
+            upstream: None,
+            addr: dst,
+        },
+    };
+    let (upstream, dst_identity, mtls, hbone_addr) = match &route {
+        Route::Hbone { upstream, connect } => (
+            Some(upstream.clone()),
+            Some(upstream.workload.identity()),
+            true,
+            Some(connect.authority),
+        ),
+        Route::Tcp { upstream, .. } => (upstream.clone(), None, false, None),
+    };
+    let info = ConnectionInfo {
+        direction: Direction::Outbound,
+        src_addr: client_addr,
+        src_workload,
+        src_identity: mtls.then(|| src_id.clone()),
+        dst_addr: match &route {
+            Route::Hbone { connect, .. } => connect.key.dst,
+            Route::Tcp { addr, .. } => *addr,
+        },
+        hbone_addr,
+        dst_workload: upstream.as_ref().map(|u| u.workload.clone()),
+        dst_service: upstream.as_ref().and_then(|u| u.service.clone()),
+        dst_identity,
+        mtls,
+    };
+    let record = ConnectionRecord::open(inputs.metrics.clone(), info);
+    let result = match route {
+        Route::Hbone { connect, .. } => match inputs.pool.connect(&connect).await {
+            Ok(mut tunnel) => copy::bidirectional(&mut client, &mut tunnel, &record.bytes).await,
+            Err(e) => return fail(record, client, &e),
+        },
+        Route::Tcp { addr, .. } => match inputs.dialer.dial(addr).await {
+            Ok(mut up) => copy::bidirectional(&mut client, &mut up, &record.bytes).await,
+            Err(e) => {
+                record.finish(Outcome::ConnectFailed(format!("connecting to {addr}: {e}")));
+                return reset(client);
+            }
+        },
+    };
+    match result {
+        Ok(()) => record.finish(Outcome::Ok),
+        Err(e) => {
+            record.finish(Outcome::Failed(e.to_string()));
+            reset(client);
+        }
+    }
+}
+
+/// Records why the tunnel could not be opened and resets the client.
+fn fail(record: ConnectionRecord, client: TcpStream, e: &HboneError) {
+    let outcome = match e {
+        HboneError::Status { status, .. } if *status == StatusCode::UNAUTHORIZED => {
+            Outcome::Denied(e.to_string())
+        }
+        _ => Outcome::ConnectFailed(e.to_string()),
+    };
+    record.finish(outcome);
+    reset(client);
+}

@@ -1,0 +1,42 @@
+//! The few raw socket options that std, tokio and socket2 do not offer.
+#![allow(unsafe_code)]
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+
+/// `SO_ORIGINAL_DST` (and its IPv6 twin), the destination before redirection.
+const SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// The original destination of a redirected connection, or `None` when it was not redirected.
+pub fn original_dst(socket: &impl AsRawFd) -> Option<SocketAddr> {
+    let fd = socket.as_raw_fd();
+    // SAFETY: `storage` is large enough for either address family and `len` says so; the
+    // kernel writes at most `len` bytes.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let ptr = &mut storage as *mut _ as *mut libc::c_void;
+        if libc::getsockopt(fd, libc::SOL_IP, SO_ORIGINAL_DST, ptr, &mut len) == 0
+            && storage.ss_family as libc::c_int == libc::AF_INET
+        {
+            let sin = &*(ptr as *const libc::sockaddr_in);
+            return Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )));
+        }
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getsockopt(fd, libc::SOL_IPV6, SO_ORIGINAL_DST, ptr, &mut len) == 0
+            && storage.ss_family as libc::c_int == libc::AF_INET6
+        {
+            let sin6 = &*(ptr as *const libc::sockaddr_in6);
+            return Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                0,
+                0,
+            )));
+        }
+    }
+    None
+}
