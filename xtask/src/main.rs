@@ -1,1 +1,90 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's tasks.
+//!
+//! - `setup`: installs what is missing on a fresh machine (idempotent).
+//! - `demo`: sets up, builds, and runs the local demo (the README's first command).
+//! - `test`: builds the binaries and runs every test (the README's second command).
+//! - `bench`: whole-system benchmarks as ratios against direct TCP in the same run.
+
+mod bench;
+mod demo;
+mod setup;
+
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const USAGE: &str = "usage: cargo xtask <setup | demo [--no-setup] | test | bench [--rounds N]>";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or_default();
+    // Ctrl-C: undo what the guards would have undone, then leave.
+    ctrlc::set_handler(|| {
+        eprintln!("\ninterrupted: cleaning up");
+        mesh_tests::cleanup::run_all();
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")?;
+    match args.first().map(String::as_str) {
+        Some("setup") => setup::run(),
+        Some("demo") => {
+            if !rest.iter().any(|a| a == "--no-setup") {
+                setup::run()?;
+            }
+            demo::run()
+        }
+        Some("test") => test(),
+        Some("bench") => {
+            let rounds = match rest {
+                [flag, n] if flag == "--rounds" => n.parse().context("--rounds")?,
+                [] => 3,
+                _ => anyhow::bail!("{USAGE}"),
+            };
+            bench::run(rounds)
+        }
+        _ => anyhow::bail!("{USAGE}"),
+    }
+}
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default()
+}
+
+/// Runs `cmd`, failing if it fails.
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Builds the agent in `profile` and returns the folder that holds it.
+fn build(release: bool) -> anyhow::Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "-p", "ztunnel", "--bins"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    Ok(root()
+        .join("target")
+        .join(if release { "release" } else { "debug" }))
+}
+
+/// Every test: unit, protocol and end-to-end (which need root).
+fn test() -> anyhow::Result<()> {
+    mesh_tests::require_root();
+    let bins = build(false)?;
+    run(cargo()
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .env("MESH_BIN_DIR", bins))
+}

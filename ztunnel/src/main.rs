@@ -39,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.run.log).context("RUST_LOG")?)
         .init();
     let cfg = Config::try_from(cli.run)?;

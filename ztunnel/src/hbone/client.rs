@@ -83,6 +83,8 @@ pub struct Connect {
     pub authority: SocketAddr,
     /// The original client address, sent as `forwarded: for="<addr>"`.
     pub forwarded_for: Option<SocketAddr>,
+    /// Istio's `baggage` header describing the source workload.
+    pub baggage: Option<String>,
 }
 
 /// How the pool opens its TCP connections.
@@ -259,6 +261,9 @@ async fn send_connect(mut conn: PooledConn, req: &Connect) -> Result<H2Stream, H
         .version(http::Version::HTTP_2);
     if let Some(f) = req.forwarded_for {
         builder = builder.header(super::FORWARDED, forwarded_value(f));
+    }
+    if let Some(b) = &req.baggage {
+        builder = builder.header(super::BAGGAGE, b);
     }
     let request = builder
         .body(())

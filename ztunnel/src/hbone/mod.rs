@@ -32,7 +32,6 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// The `forwarded` header carrying the original client address (RFC 7239).
 pub const FORWARDED: &str = "forwarded";
 pub const BAGGAGE: &str = "baggage";
-pub const TRACEPARENT: &str = "traceparent";
 
 /// Drives keep-alive PINGs on `ping`; returns when the peer stops answering.
 async fn keepalive(mut ping: h2::PingPong) -> Result<(), h2::Error> {

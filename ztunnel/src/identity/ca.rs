@@ -211,7 +211,13 @@ impl LocalCa {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, trust_domain);
-        dn.push(DnType::CommonName, "mesh root CA");
+        // A distinct name per CA, so that a certificate from another CA reads "unknown
+        // issuer" rather than "bad signature".
+        let nonce = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        dn.push(DnType::CommonName, format!("mesh root CA {nonce:x}"));
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![

@@ -154,7 +154,13 @@ pub async fn accept_loop<F, Fut>(
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(handle(stream, peer, drain.clone()));
+                    // The task holds a drain receiver until it ends: drain waits for all.
+                    let held = drain.clone();
+                    let task = handle(stream, peer, drain.clone());
+                    tokio::spawn(async move {
+                        task.await;
+                        drop(held);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(listener = name, error = %e, "accept failed");

@@ -5,7 +5,7 @@
 use super::{ProxyInputs, copy, is_own_port, reset};
 use crate::hbone::client::{Connect, HboneError, PoolKey};
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Direction, Outcome};
-use crate::state::{Protocol, Upstream};
+use crate::state::{Protocol, Upstream, Workload};
 use http::StatusCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +62,14 @@ pub async fn proxy(
         tracing::warn!(%client_addr, %dst, "refusing a connection to the agent's own port");
         return reset(client);
     }
+    // A client on loopback is the pod itself (SOCKS5, dedicated mode): name it by its pod IP.
+    let origin = match local_ips
+        .iter()
+        .find(|ip| ip.is_ipv4() == client_addr.is_ipv4())
+    {
+        Some(ip) if client_addr.ip().is_loopback() => SocketAddr::new(*ip, client_addr.port()),
+        _ => client_addr,
+    };
     let upstream = state.resolve(&inputs.cfg.network, dst, &inputs.picker);
     let route = match upstream {
         Some(up) if up.workload.protocol == Protocol::HBONE => {
@@ -73,7 +81,8 @@ pub async fn proxy(
             let connect = Connect {
                 key: PoolKey::new(src_id.clone(), expected, hbone),
                 authority: up.addr,
-                forwarded_for: Some(client_addr),
+                forwarded_for: Some(origin),
+                baggage: src_workload.as_deref().map(baggage),
             };
             Route::Hbone {
                 upstream: up,
@@ -100,7 +109,7 @@ pub async fn proxy(
     };
     let info = ConnectionInfo {
         direction: Direction::Outbound,
-        src_addr: client_addr,
+        src_addr: origin,
         src_workload,
         src_identity: mtls.then(|| src_id.clone()),
         dst_addr: match &route {
@@ -134,6 +143,27 @@ pub async fn proxy(
             reset(client);
         }
     }
+}
+
+/// Istio's `baggage` header: who the source is, for the peer's telemetry.
+fn baggage(w: &Workload) -> String {
+    format!(
+        "k8s.cluster.name={},k8s.namespace.name={},k8s.{}.name={},service.name={},service.version={}",
+        w.cluster_id,
+        w.namespace,
+        w.workload_type,
+        w.display_name(),
+        if w.canonical_name.is_empty() {
+            w.display_name()
+        } else {
+            &w.canonical_name
+        },
+        if w.canonical_revision.is_empty() {
+            "latest"
+        } else {
+            &w.canonical_revision
+        },
+    )
 }
 
 /// Records why the tunnel could not be opened and resets the client.

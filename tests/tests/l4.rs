@@ -1,0 +1,271 @@
+//! End-to-end: two agents (dedicated mode, started with Istio's environment variables) in two
+//! network namespaces, real traffic between them, checked from the outside: bytes, packets on
+//! the wire, metrics, access logs.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
+
+use mesh_tests::probe::{self, Capture, EchoServer};
+use mesh_tests::topology::metric;
+use mesh_tests::{Topology, eventually};
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const SOCKS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15080);
+
+/// A payload that is easy to find in a capture if it ever travels in clear.
+fn payload(len: usize) -> Vec<u8> {
+    b"MESH-PLAINTEXT-CANARY-"
+        .iter()
+        .copied()
+        .cycle()
+        .take(len)
+        .collect()
+}
+
+#[test]
+fn socks5_request_arrives_byte_exact_over_mtls_only() {
+    let t = Topology::new().unwrap();
+    let _echo = EchoServer::start(&t.server.ns, t.server.addr(8080)).unwrap();
+    let _server_agent = t.start_agent(&t.server, &t.ca_dir).unwrap();
+    let _client_agent = t.start_agent(&t.client, &t.ca_dir).unwrap();
+    let capture = Capture::start(&t.client.ns, &t.link.a_name, &t.dir).unwrap();
+
+    let small = payload(1000);
+    let s = probe::socks5(&t.client.ns, SOCKS, t.server.addr(8080)).unwrap();
+    assert_eq!(probe::round_trip(s, &small).unwrap(), small);
+
+    let big = payload(64 << 20);
+    let s = probe::socks5(&t.client.ns, SOCKS, t.server.addr(8080)).unwrap();
+    let back = probe::round_trip(s, &big).unwrap();
+    assert_eq!(back.len(), big.len());
+    assert!(back == big, "64 MiB did not come back byte-exact");
+
+    let (packets, raw) = capture.finish().unwrap();
+    assert!(
+        packets.len() > 100,
+        "captured only {} packets",
+        packets.len()
+    );
+    let hbone_a = format!("{}.15008", t.server.ip);
+    for p in &packets {
+        assert!(
+            p.contains(&hbone_a),
+            "a packet between the pods not on port 15008: {p}"
+        );
+    }
+    assert!(
+        !probe::contains(&raw, b"MESH-PLAINTEXT-CANARY"),
+        "the payload appeared in clear on the wire"
+    );
+
+    let m = _server_agent.metrics(&t.server).unwrap();
+    let received = metric(
+        &m,
+        "istio_tcp_received_bytes_total",
+        &[
+            r#"reporter="destination""#,
+            r#"source_principal="spiffe://cluster.local/ns/default/sa/client""#,
+            r#"destination_principal="spiffe://cluster.local/ns/default/sa/server""#,
+            r#"connection_security_policy="mutual_tls""#,
+        ],
+    )
+    .unwrap_or_else(|| panic!("no series naming the client's principal:\n{m}"));
+    assert_eq!(received as usize, small.len() + big.len());
+    let opened = metric(
+        &m,
+        "istio_tcp_connections_opened_total",
+        &[r#"reporter="destination""#],
+    );
+    assert_eq!(opened, Some(2.0));
+}
+
+#[test]
+fn plaintext_to_the_hbone_port_is_refused() {
+    let t = Topology::new().unwrap();
+    let _echo = EchoServer::start(&t.server.ns, t.server.addr(8080)).unwrap();
+    let agent = t.start_agent(&t.server, &t.ca_dir).unwrap();
+    let mut s = t
+        .client
+        .ns
+        .run(|| std::net::TcpStream::connect(t.server.addr(15008)))
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let request = format!(
+        "CONNECT {} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        t.server.addr(8080),
+        t.server.addr(8080)
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP"),
+        "plaintext got an HTTP answer: {answer:?}"
+    );
+    // Either nothing or a TLS alert record (content type 21).
+    assert!(
+        answer.is_empty() || answer[0] == 21,
+        "unexpected answer: {answer:?}"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the refusal in the agent's log",
+        || agent.log().contains("TLS handshake from").then_some(()),
+    );
+}
+
+#[test]
+fn a_client_certificate_from_a_foreign_ca_is_refused() {
+    let t = Topology::new().unwrap();
+    let _echo = EchoServer::start(&t.server.ns, t.server.addr(8080)).unwrap();
+    let server_agent = t.start_agent(&t.server, &t.ca_dir).unwrap();
+    // The client's CA folder: a foreign signing CA, but a trust bundle that also holds the
+    // real root, so the client accepts the server and only the server's check can refuse.
+    let foreign = t.dir.join("foreign-ca");
+    let status = std::process::Command::new(&t.ztunnel)
+        .arg("create-ca")
+        .arg(&foreign)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut bundle = std::fs::read_to_string(foreign.join("root-cert.pem")).unwrap();
+    bundle.push_str(&std::fs::read_to_string(t.ca_dir.join("root-cert.pem")).unwrap());
+    std::fs::write(foreign.join("root-cert.pem"), bundle).unwrap();
+    let _client_agent = t.start_agent(&t.client, &foreign).unwrap();
+
+    let s = probe::socks5(&t.client.ns, SOCKS, t.server.addr(8080)).unwrap();
+    let r = probe::round_trip(s, b"hello");
+    assert!(
+        r.as_ref().map(|b| b.is_empty()).unwrap_or(true),
+        "bytes crossed with a foreign certificate: {r:?}"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the refusal in the server's log",
+        || {
+            let log = server_agent.log();
+            (log.contains("TLS handshake from") && log.contains("invalid peer certificate"))
+                .then_some(())
+        },
+    );
+    let m = server_agent.metrics(&t.server).unwrap();
+    assert_eq!(
+        metric(
+            &m,
+            "istio_tcp_connections_opened_total",
+            &[r#"reporter="destination""#]
+        ),
+        None,
+        "a connection was opened with a foreign certificate"
+    );
+}
+
+#[test]
+fn a_deny_policy_on_a_port_resets_the_client_and_logs_401() {
+    let t = Topology::new().unwrap();
+    t.write_config(
+        "policies:\n- name: deny-9090\n  namespace: default\n  scope: Namespace\n  action: Deny\n  rules:\n  - - - destinationPorts: [9090]\n",
+    )
+    .unwrap();
+    let _allowed = EchoServer::start(&t.server.ns, t.server.addr(8080)).unwrap();
+    let _denied = EchoServer::start(&t.server.ns, t.server.addr(9090)).unwrap();
+    let server_agent = t.start_agent(&t.server, &t.ca_dir).unwrap();
+    let _client_agent = t.start_agent(&t.client, &t.ca_dir).unwrap();
+
+    let s = probe::socks5(&t.client.ns, SOCKS, t.server.addr(8080)).unwrap();
+    assert_eq!(probe::round_trip(s, b"allowed").unwrap(), b"allowed");
+    // Through the service VIP: port 80 is mapped to the endpoint's 8080, which is allowed.
+    let vip = SocketAddr::from((mesh_tests::topology::SERVICE_VIP, 80));
+    let s = probe::socks5(&t.client.ns, SOCKS, vip).unwrap();
+    assert_eq!(probe::round_trip(s, b"via VIP").unwrap(), b"via VIP");
+
+    let mut s = probe::socks5(&t.client.ns, SOCKS, t.server.addr(9090)).unwrap();
+    let _ = s.write_all(b"denied");
+    let mut buf = [0u8; 16];
+    let err = s
+        .read(&mut buf)
+        .expect_err("a denied connection must be reset, not answered");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+
+    eventually(
+        Duration::from_secs(5),
+        "401 in the destination's access log",
+        || {
+            server_agent
+                .log()
+                .lines()
+                .find(|l| l.contains("access") && l.contains("401") && l.contains(":9090"))
+                .map(|_| ())
+        },
+    );
+    let m = server_agent.metrics(&t.server).unwrap();
+    assert!(
+        metric(
+            &m,
+            "istio_tcp_connections_closed_total",
+            &[r#"response_flags="DENY""#]
+        )
+        .is_some(),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_bad_config_file_stops_start_up_with_file_and_line() {
+    let t = Topology::new().unwrap();
+    let bad = t.dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "workloads:\n- name: a\n  namespace: default\n  workloadIPs: [\"10.0.0.1\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(&t.ztunnel)
+        .env("LOCAL_XDS_PATH", &bad)
+        .env("PROXY_MODE", "dedicated")
+        .env("PROXY_WORKLOAD_INFO", "default/a/a")
+        .env("LOCAL_CA_DIR", &t.ca_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&bad.display().to_string()), "{err}");
+    assert!(
+        err.contains("line 4") && err.contains("workloadIPs"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_drains_open_connections_then_exits() {
+    let t = Topology::new().unwrap();
+    let _echo = EchoServer::start(&t.server.ns, t.server.addr(8080)).unwrap();
+    let _server_agent = t.start_agent(&t.server, &t.ca_dir).unwrap();
+    let client_agent = t.start_agent(&t.client, &t.ca_dir).unwrap();
+    let mut open = probe::socks5(&t.client.ns, SOCKS, t.server.addr(8080)).unwrap();
+    open.write_all(b"one").unwrap();
+    let mut b = [0u8; 3];
+    open.read_exact(&mut b).unwrap();
+
+    client_agent.process.signal(libc::SIGTERM);
+    // Draining: no new connections, but the open one still carries bytes.
+    eventually(
+        Duration::from_secs(5),
+        "the SOCKS5 listener to close",
+        || {
+            probe::socks5(&t.client.ns, SOCKS, t.server.addr(8080))
+                .is_err()
+                .then_some(())
+        },
+    );
+    open.write_all(b"two").unwrap();
+    open.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"two");
+    drop(open);
+    let status = client_agent
+        .process
+        .wait(Duration::from_secs(10))
+        .expect("agent did not exit after draining");
+    assert!(status.success(), "{status:?}");
+}
