@@ -137,8 +137,12 @@ impl Agent {
 async fn renew_certificates(certs: Arc<CertManager>) {
     loop {
         let next = certs.renew_due();
+        // Due already (or soon): check again in a second; nothing held: in a minute.
         let wait = next
-            .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+            .map(|t| {
+                t.duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default()
+            })
             .unwrap_or(Duration::from_secs(60))
             .clamp(Duration::from_secs(1), Duration::from_secs(3600));
         tokio::time::sleep(wait).await;

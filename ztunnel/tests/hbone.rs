@@ -451,3 +451,38 @@ async fn a_policy_added_to_the_file_closes_open_connections_and_refuses_new_ones
             .unwrap_or(true)
     );
 }
+
+#[tokio::test]
+async fn certificate_renewal_keeps_open_connections_and_serves_new_ones() {
+    let net = Net::new(67);
+    net.write_xds("");
+    echo(SocketAddr::new(net.ip(3), 8080)).await;
+    // A 1 s lifetime: every certificate is past half-life at once and expired a second later.
+    let mut ca = net.config(2, "client", &net.ca());
+    ca.secret_ttl = Duration::from_secs(1);
+    let mut cb = net.config(3, "server", &net.ca());
+    cb.secret_ttl = Duration::from_secs(1);
+    let a = Agent::start(ca).await.unwrap();
+    let _b = Agent::start(cb).await.unwrap();
+    let socks = SocketAddr::new(net.ip(2), 15080);
+    let dst = SocketAddr::new(net.ip(3), 8080);
+
+    let mut open = socks5(socks, dst).await.unwrap();
+    open.write_all(b"before").await.unwrap();
+    let mut b = [0u8; 6];
+    open.read_exact(&mut b).await.unwrap();
+    let first = a.inputs.certs.snapshot()[0].not_after;
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The connection made with the old certificate still carries bytes...
+    open.write_all(b"after!").await.unwrap();
+    open.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"after!");
+    // ...and a new connection gets through on renewed certificates.
+    let s = socks5(socks, dst).await.unwrap();
+    assert_eq!(round_trip(s, b"renewed").await.unwrap(), b"renewed");
+    assert!(
+        a.inputs.certs.snapshot()[0].not_after > first,
+        "the certificate was not renewed"
+    );
+}
