@@ -144,6 +144,9 @@ fn err(setting: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Workload certificates live at most a year.
+const MAX_SECRET_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Parses `24h`, `30m`, `90s`, `500ms` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -154,8 +157,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
         _ => return None,
     })
 }
@@ -228,12 +231,12 @@ impl TryFrom<Args> for Config {
             )
         })?;
         let secret_ttl = parse_duration(&a.secret_ttl)
-            .filter(|d| *d >= Duration::from_secs(60))
+            .filter(|d| (Duration::from_secs(60)..=MAX_SECRET_TTL).contains(d))
             .ok_or_else(|| {
                 err(
                     "SECRET_TTL",
                     format!(
-                        "`{}`: expected a duration of at least 60s, like 24h",
+                        "`{}`: expected a duration from 60s to 8760h (a year), like 24h",
                         a.secret_ttl
                     ),
                 )
@@ -326,6 +329,13 @@ mod tests {
         flags.push("--secret-ttl=soon");
         let e = config(&flags).unwrap_err().to_string();
         assert!(e.starts_with("SECRET_TTL") && e.contains("soon"), "{e}");
+        flags.push("--secret-ttl=100000000000000000h");
+        assert!(
+            config(&flags)
+                .unwrap_err()
+                .to_string()
+                .starts_with("SECRET_TTL")
+        );
 
         let mut flags = OK.to_vec();
         flags.push("--xds-address=istiod:15012");

@@ -57,10 +57,13 @@ pub fn identities_of(cert: &CertificateDer<'_>) -> Result<Vec<Identity>, Error> 
     Ok(ids)
 }
 
-/// The identity of the peer of an established connection (its leaf certificate's first
-/// SPIFFE SAN).
-pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<Identity> {
-    identities_of(certs?.first()?).ok()?.into_iter().next()
+/// The identity of the peer of an established connection: its leaf certificate's SPIFFE
+/// SAN in `trust_domain`, the same one the verifier accepted.
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>, trust_domain: &str) -> Option<Identity> {
+    identities_of(certs?.first()?)
+        .ok()?
+        .into_iter()
+        .find(|id| id.trust_domain == trust_domain)
 }
 
 fn root_store(roots: &[CertificateDer<'static>]) -> Result<RootCertStore, Error> {

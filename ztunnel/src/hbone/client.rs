@@ -125,9 +125,17 @@ struct PooledConn {
 }
 
 impl PooledConn {
-    fn usable(&self) -> bool {
-        !self.closed.load(Ordering::Relaxed)
-            && self.streams.load(Ordering::Relaxed) < super::MAX_STREAMS_PER_CONN
+    /// Claims a stream slot if the connection is open and below its stream limit.
+    fn claim(&self) -> Option<StreamSlot> {
+        if self.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.streams
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < super::MAX_STREAMS_PER_CONN).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot(self.streams.clone()))
     }
 }
 
@@ -160,20 +168,54 @@ impl Pool {
         }
     }
 
-    /// Opens a CONNECT stream to `req.authority` over a pooled (or new) connection.
+    /// Opens a CONNECT stream to `req.authority` over a pooled (or new) connection. A
+    /// connection that turns out to be going away (GOAWAY, refused stream) is retired and the
+    /// request tried once more on a fresh one.
     pub async fn connect(&self, req: &Connect) -> Result<H2Stream, HboneError> {
-        let conn = match self.checkout(&req.key) {
-            Some(c) => c,
-            None => {
-                let lock = self.dial_lock(&req.key);
-                let _held = lock.lock().await;
-                match self.checkout(&req.key) {
-                    Some(c) => c,
-                    None => self.open(&req.key).await?,
+        let (conn, slot) = self.get(&req.key).await?;
+        match send_connect(&conn, slot, req).await {
+            Err(Retry::Yes(e)) => {
+                tracing::debug!(error = %e, "HBONE connection going away; retrying on a new one");
+                conn.closed.store(true, Ordering::Relaxed);
+                let (conn, slot) = self.get(&req.key).await?;
+                send_connect(&conn, slot, req)
+                    .await
+                    .map_err(Retry::into_inner)
+            }
+            other => other.map_err(Retry::into_inner),
+        }
+    }
+
+    /// A connection with a claimed stream slot: pooled, or dialled (one dial per key at a
+    /// time, so that a burst of requests opens one connection, not many).
+    async fn get(&self, key: &PoolKey) -> Result<(PooledConn, StreamSlot), HboneError> {
+        if let Some(c) = self.checkout(key) {
+            return Ok(c);
+        }
+        let lock = self.dial_lock(key);
+        let result = {
+            let _held = lock.lock().await;
+            match self.checkout(key) {
+                Some(c) => Ok(c),
+                None => {
+                    let addr = key.dst;
+                    match tokio::time::timeout(OPEN_TIMEOUT, self.open(key)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(HboneError::Timeout {
+                            addr,
+                            after: OPEN_TIMEOUT,
+                        }),
+                    }
                 }
             }
         };
-        send_connect(conn, req).await
+        // The last one out removes the key's lock, so the map does not grow forever.
+        let mut map = self.dialing.lock().unwrap_or_else(|p| p.into_inner());
+        drop(lock);
+        if map.get(key).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(key);
+        }
+        result
     }
 
     fn dial_lock(&self, key: &PoolKey) -> Arc<tokio::sync::Mutex<()>> {
@@ -181,11 +223,15 @@ impl Pool {
         map.entry(key.clone()).or_default().clone()
     }
 
-    fn checkout(&self, key: &PoolKey) -> Option<PooledConn> {
+    fn checkout(&self, key: &PoolKey) -> Option<(PooledConn, StreamSlot)> {
         let mut map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let list = map.get_mut(key)?;
         list.retain(|c| !c.closed.load(Ordering::Relaxed));
-        list.iter().find(|c| c.usable()).cloned()
+        if list.is_empty() {
+            map.remove(key);
+            return None;
+        }
+        list.iter().find_map(|c| Some((c.clone(), c.claim()?)))
     }
 
     /// Number of open pooled connections (for tests and the admin page).
@@ -197,7 +243,7 @@ impl Pool {
             .count()
     }
 
-    async fn open(&self, key: &PoolKey) -> Result<PooledConn, HboneError> {
+    async fn open(&self, key: &PoolKey) -> Result<(PooledConn, StreamSlot), HboneError> {
         let addr = key.dst;
         let cert = self.certs.get(&key.src_id)?;
         let tls = crate::tls::client_config(&cert, self.certs.roots(), key.dst_ids.clone())
@@ -218,6 +264,7 @@ impl Pool {
             .max_frame_size(super::MAX_FRAME)
             .max_header_list_size(super::MAX_HEADER_LIST)
             .max_send_buffer_size(super::STREAM_WINDOW as usize)
+            .data_frame_budget(usize::MAX)
             .enable_push(false)
             .handshake::<_, Bytes>(tls)
             .await
@@ -227,15 +274,20 @@ impl Pool {
             streams: Arc::new(AtomicU32::new(0)),
             closed: Arc::new(AtomicBool::new(false)),
         };
+        let slot = conn
+            .claim()
+            .ok_or_else(|| HboneError::Config("new connection full".into()))?;
         let closed = conn.closed.clone();
+        let streams = conn.streams.clone();
         let ping = connection.ping_pong();
         tokio::spawn(async move {
-            let result = match ping {
-                Some(ping) => tokio::select! {
-                    r = &mut connection => r,
-                    r = keepalive(ping) => r,
-                },
-                None => connection.await,
+            let result = tokio::select! {
+                r = &mut connection => r,
+                r = keepalive(ping) => r,
+                () = idle(&streams) => {
+                    tracing::debug!(%addr, "closing idle HBONE connection");
+                    Ok(())
+                }
             };
             closed.store(true, Ordering::Relaxed);
             match result {
@@ -246,15 +298,61 @@ impl Pool {
         tracing::debug!(%addr, src = %key.src_id, "opened HBONE connection");
         let mut map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key.clone()).or_default().push(conn.clone());
-        Ok(conn)
+        Ok((conn, slot))
     }
 }
 
-async fn send_connect(mut conn: PooledConn, req: &Connect) -> Result<H2Stream, HboneError> {
+/// How long dialling, the TLS handshake and the HTTP/2 handshake may take together.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A pooled connection with no stream for this long is closed (Istio's
+/// `POOL_UNUSED_RELEASE_TIMEOUT`).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Resolves once `streams` has stayed at zero for [`IDLE_TIMEOUT`].
+async fn idle(streams: &AtomicU32) {
+    let step = IDLE_TIMEOUT / 10;
+    let mut idle_for = Duration::ZERO;
+    loop {
+        tokio::time::sleep(step).await;
+        if streams.load(Ordering::Relaxed) == 0 {
+            idle_for += step;
+            if idle_for >= IDLE_TIMEOUT {
+                return;
+            }
+        } else {
+            idle_for = Duration::ZERO;
+        }
+    }
+}
+
+/// A CONNECT failure, and whether trying a fresh connection may help.
+enum Retry {
+    Yes(HboneError),
+    No(HboneError),
+}
+
+impl Retry {
+    fn into_inner(self) -> HboneError {
+        match self {
+            Retry::Yes(e) | Retry::No(e) => e,
+        }
+    }
+}
+
+async fn send_connect(
+    conn: &PooledConn,
+    slot: StreamSlot,
+    req: &Connect,
+) -> Result<H2Stream, Retry> {
     let addr = req.key.dst;
-    let h2err = |source| HboneError::Http2 { addr, source };
-    conn.streams.fetch_add(1, Ordering::Relaxed);
-    let slot = StreamSlot(conn.streams.clone());
+    // Errors of a connection that is going away are worth one more try elsewhere.
+    let h2err = |source: h2::Error| {
+        let retry = source.is_go_away()
+            || source.reason() == Some(h2::Reason::REFUSED_STREAM)
+            || source.is_io();
+        let e = HboneError::Http2 { addr, source };
+        if retry { Retry::Yes(e) } else { Retry::No(e) }
+    };
     let mut builder = Request::builder()
         .method(Method::CONNECT)
         .uri(req.authority.to_string())
@@ -267,22 +365,19 @@ async fn send_connect(mut conn: PooledConn, req: &Connect) -> Result<H2Stream, H
     }
     let request = builder
         .body(())
-        .map_err(|e| HboneError::Config(format!("CONNECT request: {e}")))?;
-    let mut sender = std::future::poll_fn(|cx| conn.sender.poll_ready(cx))
+        .map_err(|e| Retry::No(HboneError::Config(format!("CONNECT request: {e}"))))?;
+    let mut sender = conn.sender.clone();
+    std::future::poll_fn(|cx| sender.poll_ready(cx))
         .await
-        .map(|()| conn.sender.clone())
-        .map_err(|e| {
-            conn.closed.store(true, Ordering::Relaxed);
-            h2err(e)
-        })?;
+        .map_err(h2err)?;
     let (response, send) = sender.send_request(request, false).map_err(h2err)?;
     let response = response.await.map_err(h2err)?;
     if response.status() != StatusCode::OK {
-        return Err(HboneError::Status {
+        return Err(Retry::No(HboneError::Status {
             addr,
             authority: req.authority,
             status: response.status(),
-        });
+        }));
     }
     Ok(H2Stream::new(send, response.into_body()).with_slot(slot))
 }

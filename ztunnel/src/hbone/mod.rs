@@ -33,8 +33,12 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const FORWARDED: &str = "forwarded";
 pub const BAGGAGE: &str = "baggage";
 
-/// Drives keep-alive PINGs on `ping`; returns when the peer stops answering.
-async fn keepalive(mut ping: h2::PingPong) -> Result<(), h2::Error> {
+/// Drives keep-alive PINGs on `ping`; returns when the peer stops answering. Without a
+/// `PingPong` (already taken) it never returns.
+async fn keepalive(ping: Option<h2::PingPong>) -> Result<(), h2::Error> {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
     loop {
         tokio::time::sleep(KEEPALIVE_INTERVAL).await;
         match tokio::time::timeout(KEEPALIVE_TIMEOUT, ping.ping(h2::Ping::opaque())).await {

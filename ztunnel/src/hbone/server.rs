@@ -79,7 +79,16 @@ pub enum ServeError {
     NoIdentity { peer: SocketAddr },
     #[error("HTTP/2 from {peer}: {source}")]
     Http2 { peer: SocketAddr, source: h2::Error },
+    #[error("handshake from {peer} did not finish within {HANDSHAKE_TIMEOUT:?}")]
+    Timeout { peer: SocketAddr },
 }
+
+/// TLS and HTTP/2 handshakes together must finish within this.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Streams per connection (Istio's server value).
+const MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Istio's server accepts header lists up to 64 KiB.
+const SERVER_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// Serves one accepted TCP connection: TLS with `tls`, then HTTP/2, handing every stream to
 /// `handler` on its own task. Returns when the connection ends or `drain` fires (after a
@@ -87,6 +96,7 @@ pub enum ServeError {
 pub async fn serve<H, F>(
     tcp: TcpStream,
     tls: Arc<rustls::ServerConfig>,
+    trust_domain: &str,
     mut drain: tokio::sync::watch::Receiver<bool>,
     handler: H,
 ) -> Result<(), ServeError>
@@ -102,22 +112,32 @@ where
         .local_addr()
         .map_err(|source| ServeError::Tls { peer, source })?;
     let _ = tcp.set_nodelay(true);
-    let tls = tokio_rustls::TlsAcceptor::from(tls)
-        .accept(tcp)
+    let handshake = async {
+        let tls = tokio_rustls::TlsAcceptor::from(tls)
+            .accept(tcp)
+            .await
+            .map_err(|source| ServeError::Tls { peer, source })?;
+        let identity = crate::tls::peer_identity(tls.get_ref().1.peer_certificates(), trust_domain)
+            .ok_or(ServeError::NoIdentity { peer })?;
+        let conn = h2::server::Builder::new()
+            .initial_window_size(super::STREAM_WINDOW)
+            .initial_connection_window_size(super::CONNECTION_WINDOW)
+            .max_frame_size(super::MAX_FRAME)
+            .max_header_list_size(SERVER_MAX_HEADER_LIST)
+            .max_send_buffer_size(super::STREAM_WINDOW as usize)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .data_frame_budget(usize::MAX)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|source| ServeError::Http2 { peer, source })?;
+        Ok::<_, ServeError>((identity, conn))
+    };
+    let (identity, mut conn) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
-        .map_err(|source| ServeError::Tls { peer, source })?;
-    let identity = crate::tls::peer_identity(tls.get_ref().1.peer_certificates())
-        .ok_or(ServeError::NoIdentity { peer })?;
-    let mut conn = h2::server::Builder::new()
-        .initial_window_size(super::STREAM_WINDOW)
-        .initial_connection_window_size(super::CONNECTION_WINDOW)
-        .max_frame_size(super::MAX_FRAME)
-        .max_header_list_size(super::MAX_HEADER_LIST)
-        .max_send_buffer_size(super::STREAM_WINDOW as usize)
-        .handshake::<_, Bytes>(tls)
-        .await
-        .map_err(|source| ServeError::Http2 { peer, source })?;
+        .map_err(|_| ServeError::Timeout { peer })??;
     let h2err = |source| ServeError::Http2 { peer, source };
+    let keepalive = super::keepalive(conn.ping_pong());
+    tokio::pin!(keepalive);
     let mut draining = *drain.borrow();
     if draining {
         conn.graceful_shutdown();
@@ -129,6 +149,11 @@ where
                 draining = true;
                 conn.graceful_shutdown();
                 continue;
+            }
+            _ = &mut keepalive => {
+                tracing::debug!(%peer, "HBONE peer stopped answering PINGs");
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                return Ok(());
             }
         };
         match next {

@@ -112,7 +112,11 @@ impl AsyncWrite for H2Stream {
     }
 
     /// Half-close: an empty DATA frame with END_STREAM.
-    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Already reset by the peer: there is nothing left to close.
+        if self.send.poll_reset(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
         match self.send.send_data(Bytes::new(), true) {
             Ok(()) => Poll::Ready(Ok(())),
             // Already closed by a reset: nothing more to say.

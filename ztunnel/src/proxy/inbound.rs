@@ -7,6 +7,7 @@
 
 use super::{ProxyInputs, is_own_port};
 use crate::hbone::server::{self, IncomingStream};
+use crate::identity::{Identity, WorkloadCert};
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Direction, Outcome};
 use crate::rbac::{self, Connection};
 use http::StatusCode;
@@ -14,9 +15,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 
-/// TLS configurations by local identity, rebuilt when the certificate is renewed.
+/// TLS configurations by local identity, with the certificate each was built from: a renewal
+/// builds a new one.
+type CachedConfig = (Arc<WorkloadCert>, Arc<rustls::ServerConfig>);
+
 #[derive(Default)]
-struct ServerConfigs(Mutex<HashMap<crate::identity::Identity, (usize, Arc<rustls::ServerConfig>)>>);
+struct ServerConfigs(Mutex<HashMap<Identity, CachedConfig>>);
 
 /// The HBONE listener.
 pub async fn serve(
@@ -40,7 +44,8 @@ pub async fn serve(
                 let inputs = inputs.clone();
                 move |incoming| handle(inputs.clone(), incoming)
             };
-            if let Err(e) = server::serve(stream, tls, drain, handler).await {
+            let td = inputs.cfg.trust_domain.clone();
+            if let Err(e) = server::serve(stream, tls, &td, drain, handler).await {
                 tracing::warn!(%peer, error = %e, "HBONE connection failed");
             }
         }
@@ -65,11 +70,9 @@ fn server_tls(
             .ok_or_else(|| format!("{local} is not a local workload"))?,
     };
     let cert = inputs.certs.get(&id).map_err(|e| e.to_string())?;
-    // Key the cache on the certificate itself, so that a renewal builds a new config.
-    let stamp = Arc::as_ptr(&cert) as usize;
     let mut map = configs.0.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((s, cfg)) = map.get(&id)
-        && *s == stamp
+    if let Some((built_from, cfg)) = map.get(&id)
+        && Arc::ptr_eq(built_from, &cert)
     {
         return Ok(cfg.clone());
     }
@@ -77,7 +80,7 @@ fn server_tls(
         crate::tls::server_config(&cert, inputs.certs.roots(), &inputs.cfg.trust_domain)
             .map_err(|e| e.to_string())?,
     );
-    map.insert(id, (stamp, cfg.clone()));
+    map.insert(id, (cert, cfg.clone()));
     Ok(cfg)
 }
 
@@ -138,7 +141,14 @@ pub async fn handle(inputs: Arc<ProxyInputs>, incoming: IncomingStream) {
             &format!("port {} belongs to the agent", authority.port()),
         );
     }
-    let src_addr = incoming.forwarded_for().unwrap_or(incoming.peer_addr);
+    // The source is the outer connection's peer. `forwarded` is the client's own claim: it
+    // is logged, never trusted for policy or for the source address we connect from.
+    let src_addr = incoming.peer_addr;
+    if let Some(claimed) = incoming.forwarded_for()
+        && claimed.ip() != src_addr.ip()
+    {
+        tracing::debug!(%claimed, peer = %src_addr, "forwarded address differs from the peer");
+    }
     let conn = Connection {
         src_identity: Some(incoming.peer_identity.clone()),
         src_ip: incoming.peer_addr.ip(),

@@ -134,6 +134,8 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let mut changes = inputs.state.subscribe();
+    // The state may have changed since the first check: look once more at the start.
+    changes.mark_changed();
     let copy = copy::bidirectional(downstream, upstream, &record.bytes);
     tokio::pin!(copy);
     loop {

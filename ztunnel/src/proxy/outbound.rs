@@ -71,6 +71,15 @@ pub async fn proxy(
         _ => client_addr,
     };
     let upstream = state.resolve(&inputs.cfg.network, dst, &inputs.picker);
+    // A destination behind a waypoint must get its L7 policy there; until waypoint routing
+    // exists, refuse rather than bypass it.
+    if let Some(up) = &upstream
+        && (up.workload.waypoint.is_some()
+            || up.service.as_ref().is_some_and(|s| s.waypoint.is_some()))
+    {
+        tracing::warn!(%client_addr, %dst, "destination has a waypoint, which this agent cannot route through yet; refusing");
+        return reset(client);
+    }
     let route = match upstream {
         Some(up) if up.workload.protocol == Protocol::HBONE => {
             let mut expected = vec![up.workload.identity()];
