@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, reason = "a harness fails loudly on purpose")]
 
 pub mod cleanup;
+pub mod cluster;
 pub mod netns;
 pub mod probe;
 pub mod process;

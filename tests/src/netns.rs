@@ -71,6 +71,26 @@ impl NetNs {
         })
     }
 
+    /// A command whose process joins only this network namespace (`setns` before exec),
+    /// keeping the host's mounts: unlike `ip netns exec`, which remounts `/sys` and so hides
+    /// the cgroup tree.
+    pub fn command_keeping_mounts(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(program);
+        let path = self.path();
+        // SAFETY: after fork, only open(2) and setns(2) before exec.
+        unsafe {
+            c.pre_exec(move || {
+                let ns = File::open(&path)?;
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c
+    }
+
     /// A command run inside this namespace (`ip netns exec`).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");

@@ -135,6 +135,54 @@ fn echo(stream: TcpStream) {
     let _ = w.shutdown(std::net::Shutdown::Write);
 }
 
+/// A plain HTTP/1.1 server inside a namespace: answers every request with a greeting that
+/// names its address and the path asked for. Stopped on drop.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    _stop: Registration,
+}
+
+impl HttpServer {
+    pub fn start(ns: &NetNs, addr: SocketAddr) -> io::Result<Self> {
+        let listener = ns.run(|| TcpListener::bind(addr))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        std::thread::spawn(move || answer(stream, addr, peer));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(HttpServer {
+            addr,
+            _stop: cleanup::register(move || stop.store(true, Ordering::Relaxed)),
+        })
+    }
+}
+
+fn answer(mut s: TcpStream, addr: SocketAddr, peer: SocketAddr) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let line = String::from_utf8_lossy(&buf[..n]);
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let body = format!("hello from {addr}: you asked for {path}, from {peer}\n");
+    let _ = write!(
+        s,
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
 /// tcpdump on an interface of a namespace, writing a pcap file.
 pub struct Capture {
     process: Process,

@@ -2,35 +2,13 @@
 //! mode), an unmodified `curl` in one and a plain HTTP server in the other, HBONE mTLS
 //! between them, and a summary read back from the agents' metrics, admin page and logs.
 
-use mesh_tests::probe::Capture;
+use mesh_tests::probe::{Capture, HttpServer};
 use mesh_tests::topology::SERVICE_HOST;
 use mesh_tests::{NetNs, Topology};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 const DENY_9090: &str = "policies:\n- name: deny-9090\n  namespace: default\n  scope: Namespace\n  action: Deny\n  rules:\n  - - - destinationPorts: [9090]\n";
-
-/// A plain HTTP/1.1 server in `ns` answering every request with a greeting.
-fn http_server(ns: &NetNs, addr: SocketAddr) -> anyhow::Result<()> {
-    let listener = ns.run(|| TcpListener::bind(addr))?;
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            let mut buf = [0u8; 4096];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let line = String::from_utf8_lossy(&buf[..n]);
-            let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-            let body = format!("hello from the server pod ({addr}), you asked for {path}\n");
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    Ok(())
-}
 
 /// Runs curl in `ns` through the agent's SOCKS5 listener: (exit code, output).
 fn curl(ns: &NetNs, socks_flag: &str, url: &str) -> anyhow::Result<(i32, String)> {
@@ -103,8 +81,8 @@ pub fn run() -> anyhow::Result<()> {
     );
     let t = Topology::with_binaries(&bins)?;
     t.write_config(DENY_9090)?;
-    http_server(&t.server.ns, t.server.addr(8080))?;
-    http_server(&t.server.ns, t.server.addr(9090))?;
+    let _web = HttpServer::start(&t.server.ns, t.server.addr(8080))?;
+    let _denied = HttpServer::start(&t.server.ns, t.server.addr(9090))?;
     let server_agent = t.start_agent(&t.server, &t.ca_dir)?;
     let client_agent = t.start_agent(&t.client, &t.ca_dir)?;
     println!(
@@ -168,7 +146,7 @@ pub fn run() -> anyhow::Result<()> {
         "\non the wire between the pods: {} TCP packets, {} of them to or from port 15008; response text in clear: {}",
         packets.len(),
         on_15008,
-        if mesh_tests::probe::contains(&raw, b"hello from the server pod") {
+        if mesh_tests::probe::contains(&raw, b"hello from") {
             "YES (bad)"
         } else {
             "never"

@@ -2,11 +2,13 @@
 //! binds every listener, then serves until SIGTERM and drains.
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{Config, ProxyMode};
 use crate::discovery::local;
 use crate::identity::{CertManager, LocalCa};
 use crate::metrics::Metrics;
+use crate::proxy::pods::Pods;
 use crate::proxy::{self, ProxyInputs};
+use crate::redirect::{RedirectConfig, Redirector};
 use crate::state::StateHandle;
 use anyhow::Context;
 use std::sync::Arc;
@@ -45,38 +47,55 @@ impl Agent {
         }
 
         let l = &cfg.listeners;
-        let outbound = proxy::bind("outbound", l.outbound).await?;
-        let plaintext = proxy::bind("inbound plaintext", l.inbound_plaintext).await?;
-        let hbone = proxy::bind("hbone", l.hbone).await?;
-        let socks5 = match l.socks5 {
-            Some(a) => Some(proxy::bind("socks5", a).await?),
-            None => None,
-        };
+        let (drain, drain_rx) = tokio::sync::watch::channel(false);
+        let mut tasks = JoinSet::new();
+        match cfg.proxy_mode {
+            ProxyMode::Dedicated => {
+                // One workload: the data listeners live in this (the pod's) namespace.
+                let outbound = proxy::bind("outbound", l.outbound).await?;
+                let plaintext = proxy::bind("inbound plaintext", l.inbound_plaintext).await?;
+                let hbone = proxy::bind("hbone", l.hbone).await?;
+                let socks5 = match l.socks5 {
+                    Some(a) => Some(proxy::bind("socks5", a).await?),
+                    None => None,
+                };
+                tasks.spawn(proxy::outbound::serve(
+                    inputs.clone(),
+                    outbound,
+                    drain_rx.clone(),
+                ));
+                tasks.spawn(proxy::inbound_passthrough::serve(
+                    inputs.clone(),
+                    plaintext,
+                    drain_rx.clone(),
+                ));
+                tasks.spawn(proxy::inbound::serve(
+                    inputs.clone(),
+                    hbone,
+                    drain_rx.clone(),
+                ));
+                if let Some(s) = socks5 {
+                    tasks.spawn(proxy::socks5::serve(inputs.clone(), s, drain_rx.clone()));
+                }
+            }
+            ProxyMode::Shared => {
+                // Every enrolled pod of the node: eBPF steers their traffic to listeners
+                // inside each pod's namespace.
+                let redirector = Redirector::load(&RedirectConfig {
+                    cgroup: cfg.cgroup.clone(),
+                    mark: cfg.packet_mark.unwrap_or(mesh_common::DEFAULT_PACKET_MARK),
+                    log_level: cfg.ebpf_log_level,
+                })
+                .context("loading the eBPF redirection programs")?;
+                let pods =
+                    Pods::new(inputs.clone(), redirector).context("reading the eBPF maps")?;
+                tasks.spawn(pods.run(drain_rx.clone()));
+            }
+        }
         let admin_l = proxy::bind("admin", l.admin).await?;
         let metrics_l = proxy::bind("metrics", l.metrics).await?;
         let readiness_l = proxy::bind("readiness", l.readiness).await?;
-
-        let (drain, drain_rx) = tokio::sync::watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
-        let mut tasks = JoinSet::new();
-        tasks.spawn(proxy::outbound::serve(
-            inputs.clone(),
-            outbound,
-            drain_rx.clone(),
-        ));
-        tasks.spawn(proxy::inbound_passthrough::serve(
-            inputs.clone(),
-            plaintext,
-            drain_rx.clone(),
-        ));
-        tasks.spawn(proxy::inbound::serve(
-            inputs.clone(),
-            hbone,
-            drain_rx.clone(),
-        ));
-        if let Some(s) = socks5 {
-            tasks.spawn(proxy::socks5::serve(inputs.clone(), s, drain_rx.clone()));
-        }
         tasks.spawn(admin::serve(
             "admin",
             admin_l,

@@ -58,6 +58,13 @@ pub struct Args {
     /// How long to let open connections finish after SIGTERM (default 5s).
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5s")]
     pub drain_timeout: String,
+    /// cgroup v2 folder the redirection programs attach to (shared mode; default: the cgroup
+    /// v2 root, `/sys/fs/cgroup` or, on hybrid hosts, `/sys/fs/cgroup/unified`).
+    #[arg(long = "cgroup", env = "EBPF_CGROUP")]
+    pub cgroup: Option<PathBuf>,
+    /// Diagnostics of the eBPF programs: 0 off (default) to 5 trace.
+    #[arg(long, env = "EBPF_LOG_LEVEL", default_value_t = 0)]
+    pub ebpf_log_level: u32,
     /// Log filter (tracing's env-filter syntax; default `info`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -127,6 +134,19 @@ pub struct Config {
     pub hbone_port: u16,
     /// How often the local file is checked for changes.
     pub reload_interval: Duration,
+    /// Shared mode: where the redirection programs attach.
+    pub cgroup: PathBuf,
+    pub ebpf_log_level: u32,
+}
+
+/// The cgroup v2 root: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on hybrid.
+pub fn cgroup_v2_root() -> PathBuf {
+    let unified = PathBuf::from("/sys/fs/cgroup");
+    if unified.join("cgroup.controllers").exists() {
+        unified
+    } else {
+        unified.join("unified")
+    }
 }
 
 /// A setting that cannot be used; names the setting and what was expected.
@@ -185,10 +205,13 @@ impl TryFrom<Args> for Config {
         let proxy_mode = match a.proxy_mode.as_str() {
             "dedicated" => ProxyMode::Dedicated,
             "shared" => {
-                return Err(err(
-                    "PROXY_MODE",
-                    "`shared` needs eBPF redirection, which this build does not have yet; use `dedicated`",
-                ));
+                if a.node_name.is_empty() {
+                    return Err(err(
+                        "NODE_NAME",
+                        "required in shared mode: the node whose workloads this agent serves",
+                    ));
+                }
+                ProxyMode::Shared
             }
             other => {
                 return Err(err(
@@ -273,6 +296,8 @@ impl TryFrom<Args> for Config {
             listeners: Listeners::standard(a.enable_socks5),
             hbone_port: mesh_common::HBONE_PORT,
             reload_interval: Duration::from_millis(500),
+            cgroup: a.cgroup.unwrap_or_else(cgroup_v2_root),
+            ebpf_log_level: a.ebpf_log_level,
         })
     }
 }

@@ -105,6 +105,8 @@ services:
             },
             hbone_port: 15008,
             reload_interval: Duration::from_millis(50),
+            cgroup: ztunnel::config::cgroup_v2_root(),
+            ebpf_log_level: 0,
         }
     }
 

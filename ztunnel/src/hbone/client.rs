@@ -93,16 +93,28 @@ pub struct Dialer {
     /// `SO_MARK` on every socket, so that redirection never captures the agent itself.
     pub mark: Option<u32>,
     pub connect_timeout: Option<Duration>,
+    /// Make sockets inside this pod's network namespace (shared mode), so that connections
+    /// leave with the pod's address.
+    pub netns: Option<Arc<crate::netns::PodNetns>>,
 }
 
 impl Dialer {
+    /// A socket for `addr`'s family, in the pod's namespace if there is one.
+    async fn socket(&self, addr: SocketAddr) -> std::io::Result<TcpSocket> {
+        match &self.netns {
+            Some(ns) => {
+                let s = ns.socket(socket2::Domain::for_address(addr)).await?;
+                s.set_nonblocking(true)?;
+                Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(s)))
+            }
+            None if addr.is_ipv4() => TcpSocket::new_v4(),
+            None => TcpSocket::new_v6(),
+        }
+    }
+
     /// Opens a TCP connection to `addr` with the mark set.
     pub async fn dial(&self, addr: SocketAddr) -> Result<TcpStream, std::io::Error> {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
+        let socket = self.socket(addr).await?;
         if let Some(mark) = self.mark {
             socket2::SockRef::from(&socket).set_mark(mark)?;
         }

@@ -65,7 +65,7 @@ fn server_tls(
     let id = match state.workload_by_ip(&inputs.cfg.network, local.ip()) {
         Some(w) if inputs.is_local(w) => w.identity(),
         _ => inputs
-            .dedicated_source(&state)
+            .source(&state)
             .map(|(_, id)| id)
             .ok_or_else(|| format!("{local} is not a local workload"))?,
     };

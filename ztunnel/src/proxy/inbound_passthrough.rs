@@ -29,7 +29,7 @@ pub async fn serve(
 }
 
 async fn handle(inputs: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
-    let Some(dst) = super::original_dst(&client) else {
+    let Some(dst) = inputs.original_dst(&client) else {
         return reset(client);
     };
     let state = inputs.state.snapshot();
@@ -97,7 +97,11 @@ pub async fn connect_local(
     src: SocketAddr,
     dst: SocketAddr,
 ) -> std::io::Result<TcpStream> {
-    if !inputs.cfg.enable_orig_src || src.is_ipv4() != dst.is_ipv4() {
+    // In a pod's namespace (shared mode) the dialer already connects from the pod.
+    if !inputs.cfg.enable_orig_src
+        || src.is_ipv4() != dst.is_ipv4()
+        || inputs.dialer.netns.is_some()
+    {
         return inputs.dialer.dial(dst).await;
     }
     let socket = socket2::Socket::new(

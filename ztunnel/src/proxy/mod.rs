@@ -6,6 +6,7 @@ pub mod copy;
 pub mod inbound;
 pub mod inbound_passthrough;
 pub mod outbound;
+pub mod pods;
 pub mod socks5;
 
 use crate::config::{Config, ProxyMode};
@@ -18,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
-/// What every listener shares.
+/// What every listener shares. In shared mode each enrolled pod gets its own copy
+/// ([`ProxyInputs::for_pod`]) whose sockets are made inside the pod's network namespace.
 pub struct ProxyInputs {
     pub cfg: Arc<Config>,
     pub state: Arc<StateHandle>,
@@ -27,6 +29,10 @@ pub struct ProxyInputs {
     pub dialer: Dialer,
     pub metrics: Arc<Metrics>,
     pub picker: Picker,
+    /// The pod (workload uid) these inputs serve, in shared mode.
+    pub pod: Option<String>,
+    /// Shared mode: the pod's netns cookie and the eBPF record of original destinations.
+    pub orig_dst: Option<(u64, crate::redirect::OrigDstLookup)>,
 }
 
 impl ProxyInputs {
@@ -39,6 +45,7 @@ impl ProxyInputs {
         let dialer = Dialer {
             mark: cfg.packet_mark,
             connect_timeout: Some(Duration::from_secs(10)),
+            netns: None,
         };
         Arc::new(Self {
             pool: Pool::new(certs.clone(), dialer.clone()),
@@ -48,12 +55,42 @@ impl ProxyInputs {
             dialer,
             metrics,
             picker: Picker::default(),
+            pod: None,
+            orig_dst: None,
         })
     }
 
-    /// Whether this agent serves `w`: the dedicated workload, or (shared mode) any workload
-    /// of this node.
+    /// Inputs for one enrolled pod: same state, certificates and metrics, but its own pool
+    /// whose connections are made from inside the pod's namespace.
+    pub fn for_pod(
+        &self,
+        uid: &str,
+        netns: Arc<crate::netns::PodNetns>,
+        orig_dst: (u64, crate::redirect::OrigDstLookup),
+    ) -> Arc<Self> {
+        let dialer = Dialer {
+            netns: Some(netns),
+            ..self.dialer.clone()
+        };
+        Arc::new(Self {
+            pool: Pool::new(self.certs.clone(), dialer.clone()),
+            cfg: self.cfg.clone(),
+            state: self.state.clone(),
+            certs: self.certs.clone(),
+            dialer,
+            metrics: self.metrics.clone(),
+            picker: Picker::default(),
+            pod: Some(uid.to_owned()),
+            orig_dst: Some(orig_dst),
+        })
+    }
+
+    /// Whether these inputs serve `w`: the pod (shared mode), the dedicated workload, or any
+    /// workload of this node.
     pub fn is_local(&self, w: &Workload) -> bool {
+        if let Some(uid) = &self.pod {
+            return &w.uid == uid;
+        }
         match (&self.cfg.proxy_mode, &self.cfg.workload_info) {
             (ProxyMode::Dedicated, Some(info)) => {
                 w.namespace == info.namespace && w.name == info.name
@@ -62,9 +99,15 @@ impl ProxyInputs {
         }
     }
 
-    /// The workload whose connections this agent originates in dedicated mode, and its
-    /// identity (from `PROXY_WORKLOAD_INFO`, even if the file does not list the workload).
-    pub fn dedicated_source(&self, state: &State) -> Option<(Option<Arc<Workload>>, Identity)> {
+    /// The workload whose outbound connections these inputs carry, and its identity: the pod
+    /// in shared mode; in dedicated mode the `PROXY_WORKLOAD_INFO` workload (even if the file
+    /// does not list it).
+    pub fn source(&self, state: &State) -> Option<(Option<Arc<Workload>>, Identity)> {
+        if let Some(uid) = &self.pod {
+            let w = state.workload_by_uid(uid)?.clone();
+            let id = w.identity();
+            return Some((Some(w), id));
+        }
         let info = self.cfg.workload_info.as_ref()?;
         let w = state.workload_by_name(&info.namespace, &info.name).cloned();
         let trust_domain = w
@@ -81,7 +124,7 @@ impl ProxyInputs {
             .filter(|w| self.is_local(w))
             .map(|w| w.identity())
             .collect();
-        if let Some((_, id)) = self.dedicated_source(state) {
+        if let Some((_, id)) = self.source(state) {
             ids.push(id);
         }
         ids.sort();
@@ -112,10 +155,17 @@ pub async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, B
     socket.listen(1024).map_err(err)
 }
 
-/// The destination the client dialled: `SO_ORIGINAL_DST` when the connection was redirected
-/// there, else the address it reached us on.
-pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
-    crate::sys::original_dst(stream).or_else(|| stream.local_addr().ok())
+impl ProxyInputs {
+    /// The destination the client dialled: the eBPF record (shared mode), else
+    /// `SO_ORIGINAL_DST` when the connection was redirected, else the address it reached us on.
+    pub fn original_dst(&self, stream: &TcpStream) -> Option<SocketAddr> {
+        if let Some((cookie, lookup)) = &self.orig_dst
+            && let Some(dst) = stream.peer_addr().ok().and_then(|p| lookup.get(*cookie, p))
+        {
+            return Some(dst);
+        }
+        crate::sys::original_dst(stream).or_else(|| stream.local_addr().ok())
+    }
 }
 
 /// Ports of the agent's own listeners: never a destination, or traffic would loop.

@@ -20,7 +20,7 @@ pub async fn serve(
     super::accept_loop("outbound", listener, drain, move |stream, peer, _drain| {
         let inputs = inputs.clone();
         async move {
-            match super::original_dst(&stream) {
+            match inputs.original_dst(&stream) {
                 Some(dst) => proxy(inputs, stream, peer, dst).await,
                 None => reset(stream),
             }
@@ -50,7 +50,7 @@ pub async fn proxy(
     dst: SocketAddr,
 ) {
     let state = inputs.state.snapshot();
-    let Some((src_workload, src_id)) = inputs.dedicated_source(&state) else {
+    let Some((src_workload, src_id)) = inputs.source(&state) else {
         tracing::warn!(%client_addr, %dst, "no source workload for outbound connection");
         return reset(client);
     };

@@ -1,0 +1,180 @@
+//! Shared mode: the agent serves every enrolled pod of its node. For each local workload of
+//! the state that names its network namespace (`netns`), the agent enrolls the namespace in
+//! the eBPF programs and serves the pod from listeners bound inside it (15001, 15006, 15008,
+//! all carrying the agent's mark); a pod that leaves the state, or whose namespace
+//! disappears, is unenrolled and its listeners closed. A pod that cannot be enrolled is
+//! reported and skipped; the others keep being served.
+
+use super::ProxyInputs;
+use crate::netns::PodNetns;
+use crate::redirect::{OrigDstLookup, RedirectError, Redirector, netns_cookie};
+use crate::state::Workload;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Why a pod could not be enrolled; names the pod and the namespace.
+#[derive(Debug, thiserror::Error)]
+#[error("enrolling pod {pod} (netns {netns}): {what}")]
+pub struct EnrollError {
+    pub pod: String,
+    pub netns: PathBuf,
+    pub what: String,
+}
+
+struct EnrolledPod {
+    netns: Arc<PodNetns>,
+    cookie: u64,
+    /// Closing this stops the pod's listeners.
+    stop: watch::Sender<bool>,
+    _tasks: JoinSet<()>,
+}
+
+/// Enrolls and serves the pods of this node.
+pub struct Pods {
+    base: Arc<ProxyInputs>,
+    redirector: Redirector,
+    orig_dst: OrigDstLookup,
+    pods: HashMap<String, EnrolledPod>,
+}
+
+impl Pods {
+    pub fn new(base: Arc<ProxyInputs>, mut redirector: Redirector) -> Result<Self, RedirectError> {
+        Ok(Self {
+            orig_dst: redirector.orig_dst_lookup()?,
+            base,
+            redirector,
+            pods: HashMap::new(),
+        })
+    }
+
+    /// Keeps the enrolled pods in line with the state until `drain` fires; also notices
+    /// namespaces that disappear.
+    pub async fn run(mut self, mut drain: watch::Receiver<bool>) {
+        let mut changes = self.base.state.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            self.reconcile();
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tick.tick() => {}
+                _ = drain.changed() => break,
+            }
+        }
+        for (_, pod) in self.pods.drain() {
+            let _ = pod.stop.send(true);
+        }
+    }
+
+    /// Enrolls new pods and unenrolls those gone.
+    fn reconcile(&mut self) {
+        let state = self.base.state.snapshot();
+        let wanted: HashMap<String, Arc<Workload>> = state
+            .workloads()
+            .filter(|w| w.node == self.base.cfg.node_name && w.netns.is_some())
+            .map(|w| (w.uid.clone(), w.clone()))
+            .collect();
+        let gone: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(uid, pod)| {
+                let same_ns = wanted
+                    .get(*uid)
+                    .and_then(|w| w.netns.as_ref())
+                    .is_some_and(|p| *p == pod.netns.path);
+                if same_ns && !pod.netns.still_exists() {
+                    tracing::error!(pod = %uid, netns = %pod.netns.path.display(), "network namespace disappeared; unenrolling the pod");
+                }
+                !same_ns || !pod.netns.still_exists()
+            })
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in gone {
+            if let Some(pod) = self.pods.remove(&uid) {
+                let _ = pod.stop.send(true);
+                if let Err(e) = self.redirector.unenroll(pod.cookie) {
+                    tracing::error!(pod = %uid, error = %e, "unenrolling");
+                }
+                tracing::info!(pod = %uid, "pod unenrolled");
+            }
+        }
+        for (uid, w) in wanted {
+            if self.pods.contains_key(&uid) {
+                continue;
+            }
+            match self.enroll(&w) {
+                Ok(pod) => {
+                    tracing::info!(pod = %uid, netns = %pod.netns.path.display(), cookie = pod.cookie, "pod enrolled");
+                    self.pods.insert(uid, pod);
+                }
+                // Reported once per state change or tick; the other pods keep being served.
+                Err(e) => tracing::error!(error = %e, "pod not enrolled"),
+            }
+        }
+    }
+
+    fn enroll(&mut self, w: &Workload) -> Result<EnrolledPod, EnrollError> {
+        let path = w.netns.clone().unwrap_or_default();
+        let err = |what: String| EnrollError {
+            pod: format!("{}/{}", w.namespace, w.name),
+            netns: path.clone(),
+            what,
+        };
+        let netns = PodNetns::open(&path).map_err(|e| err(format!("opening: {e}")))?;
+        let cookie =
+            netns_cookie(&netns.file).map_err(|e| err(format!("reading the cookie: {e}")))?;
+        let mark = self.base.cfg.packet_mark;
+        let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        let listen = |name: &str, addr| {
+            netns
+                .listen(addr, mark)
+                .map_err(|e| err(format!("binding the {name} listener on {addr}: {e}")))
+        };
+        let outbound = listen(
+            "outbound",
+            SocketAddr::from((Ipv4Addr::LOCALHOST, mesh_common::OUTBOUND_PORT)),
+        )?;
+        let plaintext = listen(
+            "inbound plaintext",
+            any(mesh_common::INBOUND_PLAINTEXT_PORT),
+        )?;
+        let hbone = listen("hbone", any(mesh_common::HBONE_PORT))?;
+        self.redirector
+            .enroll(cookie, &netns.file, &plaintext)
+            .map_err(|e| err(e.to_string()))?;
+        let tokio_listener = |l: std::net::TcpListener| {
+            tokio::net::TcpListener::from_std(l).map_err(|e| err(e.to_string()))
+        };
+        let (outbound, plaintext, hbone) = (
+            tokio_listener(outbound)?,
+            tokio_listener(plaintext)?,
+            tokio_listener(hbone)?,
+        );
+        let inputs = self
+            .base
+            .for_pod(&w.uid, netns.clone(), (cookie, self.orig_dst.clone()));
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(super::outbound::serve(
+            inputs.clone(),
+            outbound,
+            stopped.clone(),
+        ));
+        tasks.spawn(super::inbound_passthrough::serve(
+            inputs.clone(),
+            plaintext,
+            stopped.clone(),
+        ));
+        tasks.spawn(super::inbound::serve(inputs, hbone, stopped));
+        Ok(EnrolledPod {
+            netns,
+            cookie,
+            stop,
+            _tasks: tasks,
+        })
+    }
+}

@@ -1,0 +1,128 @@
+//! The [`SkLookup`] program `mesh_sk_lookup`: inbound capture. TCP arriving at an enrolled
+//! namespace from outside is steered to the namespace's 15006 listener, keeping the original
+//! destination as the accepted socket's local address.
+//!
+//! `sk_lookup` programs cannot call `bpf_get_netns_cookie`, so the program cannot tell
+//! namespaces apart: each enrolled namespace gets its own copy of the object ([`Namespace`]),
+//! with its own `INBOUND_LISTENER` and `CONFIG`, the maps it does not use shrunk to one entry.
+//!
+//! # Minimum kernel version
+//!
+//! 5.9.
+
+use std::{fs::File, net::SocketAddr, net::TcpListener};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::SockMap,
+    programs::{SkLookup, sk_lookup::SkLookupLinkId},
+};
+use mesh_common::{INBOUND_LISTENER_SLOT_V4, INBOUND_LISTENER_SLOT_V6, maps, programs};
+
+use super::{RedirectError, config_map, logs::LogReader, object, program_mut};
+
+/// Byte size of each copy's `AYA_LOGS` ring buffer (a page; the main object keeps the
+/// 128 KiB the eBPF side declares). `mesh_sk_lookup` logs one short record per steering.
+const LOG_RING_BYTES: u32 = 4096;
+
+/// An enrolled namespace's copy of the object, with `mesh_sk_lookup` loaded and attached to the
+/// namespace. Dropping it detaches the program.
+pub(super) struct Namespace {
+    /// The copy; owns the sk_lookup link.
+    ebpf: Ebpf,
+    /// Forwards the copy's aya-log records; stopped on drop.
+    _logs: LogReader,
+}
+
+impl Namespace {
+    /// Loads a copy of the object for the namespace `netns` (cookie `cookie`), writes its
+    /// `CONFIG`, puts `inbound` in its `INBOUND_LISTENER` and attaches `mesh_sk_lookup` to the
+    /// namespace. Needs a tokio runtime (for the log reader).
+    pub(super) fn load(
+        cookie: u64,
+        netns: &File,
+        inbound: &TcpListener,
+        mark: u32,
+        log_level: u32,
+    ) -> Result<Self, RedirectError> {
+        let copy = format!("sk_lookup copy for netns cookie {cookie}");
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::ENROLLED, 1)
+            .map_max_entries(maps::ORIG_DST_BY_COOKIE, 1)
+            .map_max_entries(maps::ORIG_DST_BY_TUPLE, 1)
+            .map_max_entries(maps::AYA_LOGS, LOG_RING_BYTES)
+            .load(object())
+            .map_err(|source| RedirectError::Object {
+                copy: copy.clone(),
+                source: Box::new(source),
+            })?;
+        // Before loading the program: the reader keeps the ring buffer's fd open.
+        let logs = LogReader::start(&mut ebpf, &copy)?;
+        config_map::write(&mut ebpf, mark, log_level)?;
+        let mut namespace = Self { ebpf, _logs: logs };
+        namespace.set_listener(inbound)?;
+        load(&mut namespace.ebpf)?;
+        attach(&mut namespace.ebpf, netns, cookie)?;
+        Ok(namespace)
+    }
+
+    /// Puts `inbound` in `INBOUND_LISTENER` slot 0 (IPv4), and also in slot 1 (IPv6) when it is
+    /// an IPv6 (dual-stack) socket.
+    pub(super) fn set_listener(&mut self, inbound: &TcpListener) -> Result<(), RedirectError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::INBOUND_LISTENER)
+            .ok_or(RedirectError::MissingMap {
+                map: maps::INBOUND_LISTENER,
+            })?;
+        let mut listeners: SockMap<_> = SockMap::try_from(map).map_err(|err| {
+            RedirectError::map(maps::INBOUND_LISTENER, "opening as a SockMap", err)
+        })?;
+        let v6 = matches!(inbound.local_addr(), Ok(SocketAddr::V6(_)));
+        let slots: &[u32] = if v6 {
+            &[INBOUND_LISTENER_SLOT_V4, INBOUND_LISTENER_SLOT_V6]
+        } else {
+            &[INBOUND_LISTENER_SLOT_V4]
+        };
+        for &slot in slots {
+            listeners.set(slot, inbound, 0).map_err(|err| {
+                RedirectError::map(
+                    maps::INBOUND_LISTENER,
+                    format!("putting the inbound listener in slot {slot}"),
+                    err,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sets the copy's `CONFIG[LOG_LEVEL]`.
+    pub(super) fn set_log_level(&mut self, level: u32) -> Result<(), RedirectError> {
+        config_map::set_log_level(&mut self.ebpf, level)
+    }
+}
+
+/// Loads `mesh_sk_lookup` into the kernel.
+pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), RedirectError> {
+    program_mut::<SkLookup>(ebpf, programs::SK_LOOKUP)?
+        .load()
+        .map_err(|err| RedirectError::program(programs::SK_LOOKUP, "loading", err))
+}
+
+/// Attaches the loaded `mesh_sk_lookup` to the network namespace `netns` (cookie `cookie`, for
+/// the error). The link is owned by `ebpf`: dropping it detaches the program.
+pub(super) fn attach(
+    ebpf: &mut Ebpf,
+    netns: &File,
+    cookie: u64,
+) -> Result<SkLookupLinkId, RedirectError> {
+    program_mut::<SkLookup>(ebpf, programs::SK_LOOKUP)?
+        .attach(netns)
+        .map_err(|err| {
+            RedirectError::program(
+                programs::SK_LOOKUP,
+                format!("attaching to the network namespace with cookie {cookie}"),
+                err,
+            )
+        })
+}
