@@ -1,10 +1,17 @@
-//! Whole-system benchmarks: the same clients against the same server pod, directly and
-//! through the two agents (SOCKS5 into the client's agent, HBONE to the server's), in
-//! interleaved rounds; medians reported as ratios against direct.
+//! Whole-system benchmarks in interleaved rounds, medians reported as ratios against direct
+//! TCP measured in the same run:
+//! - `dedicated`: client pod -> SOCKS5 into its agent -> HBONE -> the server pod's agent;
+//!   direct is the same client to the same server without the agents.
+//! - `shared`: two nodes with an agent each; the client pod's plain `connect()` is redirected
+//!   by eBPF (the bench process joins the watched cgroup for the mesh rounds and leaves it for
+//!   the direct ones); direct goes to an unenrolled twin of the server pod on the same node,
+//!   since the server pod's inbound is captured whenever it is enrolled.
 
-use mesh_tests::Topology;
+use mesh_tests::cluster::{Cluster, NodeAgent};
+use mesh_tests::{NetNs, Topology};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,17 +28,60 @@ enum Path {
     Mesh,
 }
 
-struct Scene {
-    t: Topology,
-    agents: Vec<mesh_tests::Agent>,
+enum Scene {
+    Dedicated {
+        t: Topology,
+        agents: Vec<mesh_tests::Agent>,
+    },
+    Shared {
+        c: Cluster,
+        agents: Vec<NodeAgent>,
+    },
 }
 
 impl Scene {
+    fn client(&self) -> &NetNs {
+        match self {
+            Scene::Dedicated { t, .. } => &t.client.ns,
+            Scene::Shared { c, .. } => &c.pod("client").ns,
+        }
+    }
+
+    fn server(&self, path: Path, port: u16) -> SocketAddr {
+        match (self, path) {
+            (Scene::Dedicated { t, .. }, _) => t.server.addr(port),
+            (Scene::Shared { c, .. }, Path::Mesh) => c.pod("server").addr(port),
+            (Scene::Shared { c, .. }, Path::Direct) => c.pod("twin").addr(port),
+        }
+    }
+
+    fn agent_pids(&self) -> Vec<u32> {
+        match self {
+            Scene::Dedicated { agents, .. } => agents.iter().map(|a| a.process.pid()).collect(),
+            Scene::Shared { agents, .. } => agents.iter().map(|a| a.process.pid()).collect(),
+        }
+    }
+
+    /// Shared mode: joins (mesh) or leaves (direct) the cgroup the programs watch.
+    fn select(&self, path: Path) -> anyhow::Result<()> {
+        if let Scene::Shared { c, .. } = self {
+            let cg = &c.cgroup.path;
+            let procs: PathBuf = match path {
+                Path::Mesh => cg.join("cgroup.procs"),
+                Path::Direct => cg.parent().unwrap_or(cg).join("cgroup.procs"),
+            };
+            std::fs::write(procs, std::process::id().to_string())?;
+        }
+        Ok(())
+    }
+
     fn connect(&self, path: Path, port: u16) -> std::io::Result<TcpStream> {
-        let dst = self.t.server.addr(port);
-        let s = match path {
-            Path::Direct => self.t.client.ns.run(|| TcpStream::connect(dst))?,
-            Path::Mesh => mesh_tests::probe::socks5(&self.t.client.ns, SOCKS, dst)?,
+        let dst = self.server(path, port);
+        let s = match (self, path) {
+            (Scene::Dedicated { .. }, Path::Mesh) => {
+                mesh_tests::probe::socks5(self.client(), SOCKS, dst)?
+            }
+            _ => self.client().run(|| TcpStream::connect(dst))?,
         };
         s.set_nodelay(true)?;
         Ok(s)
@@ -176,7 +226,8 @@ fn rss_mib(pid: u32, field: &str) -> f64 {
 
 /// vCPU used by both agents while 4 connections carry `rate` requests per second in all.
 fn agent_cpu_at(sc: &Scene, rate: u64, secs: f64) -> anyhow::Result<f64> {
-    let pids: Vec<u32> = sc.agents.iter().map(|a| a.process.pid()).collect();
+    sc.select(Path::Mesh)?;
+    let pids = sc.agent_pids();
     let conns = 4u64;
     let mut streams: Vec<TcpStream> = (0..conns)
         .map(|_| sc.connect(Path::Mesh, ECHO_PORT))
@@ -215,69 +266,130 @@ fn percentile(v: &[f64], p: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-pub fn run(rounds: usize) -> anyhow::Result<()> {
-    let bins = crate::build(true)?;
-    let t = Topology::with_binaries(&bins)?;
-    serve(
-        t.server
-            .ns
-            .run(|| TcpListener::bind(t.server.addr(ECHO_PORT)))?,
-        echo,
-    );
-    serve(
-        t.server
-            .ns
-            .run(|| TcpListener::bind(t.server.addr(SINK_PORT)))?,
-        sink,
-    );
-    let agents = vec![
-        t.start_agent(&t.server, &t.ca_dir)?,
-        t.start_agent(&t.client, &t.ca_dir)?,
-    ];
-    let sc = Scene { t, agents };
+/// Microseconds a `connect()` (+ close) takes from an unenrolled pod to a listener, with the
+/// hooks watching (in the cgroup) minus without: what the connect hook costs a connection it
+/// does not redirect.
+fn connect_hook_cost(c: &Cluster, scene: &Scene, n: usize) -> anyhow::Result<f64> {
+    let other = &c.pod("other");
+    let dst = c.pod("twin").addr(ECHO_PORT);
+    let mut per = [0.0f64; 2];
+    for (i, path) in [Path::Direct, Path::Mesh].into_iter().enumerate() {
+        scene.select(path)?;
+        let start = Instant::now();
+        other.ns.run(|| -> std::io::Result<()> {
+            for _ in 0..n {
+                drop(TcpStream::connect(dst)?);
+            }
+            Ok(())
+        })?;
+        per[i] = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+    }
+    scene.select(Path::Direct)?;
+    Ok(per[1] - per[0])
+}
 
+fn start_servers(ns: &NetNs, ip: std::net::IpAddr) -> anyhow::Result<()> {
+    serve(ns.run(|| TcpListener::bind((ip, ECHO_PORT)))?, echo);
+    serve(ns.run(|| TcpListener::bind((ip, SINK_PORT)))?, sink);
+    Ok(())
+}
+
+fn scene(mode: &str, bins: &std::path::Path) -> anyhow::Result<Scene> {
+    Ok(match mode {
+        "dedicated" => {
+            let t = Topology::with_binaries(bins)?;
+            start_servers(&t.server.ns, t.server.addr(0).ip())?;
+            let agents = vec![
+                t.start_agent(&t.server, &t.ca_dir)?,
+                t.start_agent(&t.client, &t.ca_dir)?,
+            ];
+            Scene::Dedicated { t, agents }
+        }
+        _ => {
+            let c = Cluster::new(
+                bins,
+                &[
+                    ("client", 0, true),
+                    ("other", 0, false),
+                    ("server", 1, true),
+                    ("twin", 1, false),
+                ],
+            )?;
+            for name in ["server", "twin"] {
+                let pod = c.pod(name);
+                start_servers(&pod.ns, pod.addr(0).ip())?;
+            }
+            let agents = vec![c.start_agent(0)?, c.start_agent(1)?];
+            Scene::Shared { c, agents }
+        }
+    })
+}
+
+pub fn run(rounds: usize, modes: &[&str]) -> anyhow::Result<()> {
+    let bins = crate::build(true)?;
+    for mode in modes {
+        let sc = scene(mode, &bins)?;
+        let result = measure(&sc, mode, rounds);
+        // Whatever happened, leave the watched cgroup before it is removed.
+        let _ = sc.select(Path::Direct);
+        result?;
+    }
+    Ok(())
+}
+
+fn measure(sc: &Scene, mode: &str, rounds: usize) -> anyhow::Result<()> {
     let mut m: std::collections::BTreeMap<&str, [Vec<f64>; 2]> = Default::default();
     for round in 1..=rounds {
         eprintln!("bench: round {round} of {rounds}");
         for path in [Path::Direct, Path::Mesh] {
+            sc.select(path)?;
             let i = (path == Path::Mesh) as usize;
             let push = |m: &mut std::collections::BTreeMap<&str, [Vec<f64>; 2]>, k, v| {
                 m.entry(k).or_default()[i].push(v)
             };
-            push(&mut m, "throughput", throughput(&sc, path, 3.0)?);
-            let lat = latencies(&sc, path, 5000)?;
+            let cpu_before: f64 = sc.agent_pids().iter().map(|p| cpu_seconds(*p)).sum();
+            let bytes_per_sec = throughput(sc, path, 3.0)?;
+            let cpu: f64 =
+                sc.agent_pids().iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu_before;
+            push(&mut m, "throughput", bytes_per_sec);
+            if path == Path::Mesh {
+                push(&mut m, "cpu_per_gb", cpu / (bytes_per_sec * 3.0 / 1e9));
+            }
+            let lat = latencies(sc, path, 5000)?;
             push(&mut m, "p50", percentile(&lat, 0.5));
             push(&mut m, "p99", percentile(&lat, 0.99));
-            push(&mut m, "rps16", requests_per_sec(&sc, path, 16, 2.0)?);
-            push(&mut m, "cps", connections_per_sec(&sc, path, 2.0)?);
+            push(&mut m, "rps16", requests_per_sec(sc, path, 16, 2.0)?);
+            push(&mut m, "cps", connections_per_sec(sc, path, 2.0)?);
         }
     }
     let cpu = median(
         (0..rounds)
-            .map(|_| agent_cpu_at(&sc, 1000, 3.0))
+            .map(|_| agent_cpu_at(sc, 1000, 3.0))
             .collect::<Result<_, _>>()?,
     );
     let rss: Vec<(f64, f64)> = sc
-        .agents
-        .iter()
-        .map(|a| {
-            (
-                rss_mib(a.process.pid(), "VmRSS:"),
-                rss_mib(a.process.pid(), "VmHWM:"),
-            )
-        })
+        .agent_pids()
+        .into_iter()
+        .map(|pid| (rss_mib(pid, "VmRSS:"), rss_mib(pid, "VmHWM:")))
         .collect();
+    let hook = match sc {
+        Scene::Shared { c, .. } => Some(connect_hook_cost(c, sc, 2000)?),
+        Scene::Dedicated { .. } => None,
+    };
 
     let get = |k: &str| {
         let [d, s] = m.get(k).cloned().unwrap_or_default();
         (median(d), median(s))
     };
-    println!(
-        "\nbench: medians of {rounds} interleaved rounds; client pod -> server pod over a veth"
-    );
-    println!(
-        "mesh path: client -> SOCKS5 (agent 1) -> HBONE mTLS -> agent 2 -> server; direct = 1.0\n"
-    );
+    println!("\nbench [{mode}]: medians of {rounds} interleaved rounds; direct = 1.0");
+    match sc {
+        Scene::Dedicated { .. } => println!(
+            "mesh path: client pod -> SOCKS5 (agent 1) -> HBONE mTLS -> agent 2 -> server pod\n"
+        ),
+        Scene::Shared { .. } => println!(
+            "mesh path: client pod connect() -> eBPF -> agent (node 1) -> HBONE mTLS between nodes -> agent (node 2) -> server pod;\ndirect: the same client to an unenrolled pod beside the server\n"
+        ),
+    }
     println!(
         "{:<44} {:>12} {:>12} {:>8} {:>10}",
         "metric", "direct", "mesh", "ratio", "istio"
@@ -331,19 +443,32 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
         "{:<44} {:>12} {:>12.3} {:>8} {:>10}",
         "vCPU of both agents at 1000 requests/s", "-", cpu, "-", "0.075"
     );
-    for (name, (now, peak)) in ["server agent", "client agent"].iter().zip(rss) {
+    let (_, cpu_gb) = get("cpu_per_gb");
+    println!(
+        "{:<44} {:>12} {:>12.2} {:>8} {:>10}",
+        "CPU seconds of both agents per GB streamed", "-", cpu_gb, "-", "-"
+    );
+    for (i, (now, peak)) in rss.into_iter().enumerate() {
         println!(
             "{:<44} {:>12} {:>9.1}MiB {:>8} {:>10}",
-            format!("RSS of the {name} (peak {peak:.1} MiB)"),
+            format!("RSS of agent {} (peak {peak:.1} MiB)", i + 1),
             "-",
             now,
             "-",
             "14.5MiB"
         );
     }
-    println!("\nnote: the mesh path also pays a SOCKS5 handshake per connection (the eBPF capture");
+    if let Some(h) = hook {
+        println!(
+            "{:<44} {:>12} {:>+10.1}us {:>8} {:>10}",
+            "connect() cost of the hook, not redirected", "-", h, "-", "-"
+        );
+    }
     println!(
-        "      of the next issue removes it); 'istio' is Istio's ztunnel on this kind of machine."
+        "\n'istio' is Istio's ztunnel on this kind of machine (two agents, medians of three rounds)."
     );
+    if let Scene::Dedicated { .. } = sc {
+        println!("the dedicated mesh path also pays a SOCKS5 handshake per connection.");
+    }
     Ok(())
 }

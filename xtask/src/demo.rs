@@ -1,28 +1,14 @@
-//! The local demo: two pods as network namespaces, each with its node agent (dedicated
-//! mode), an unmodified `curl` in one and a plain HTTP server in the other, HBONE mTLS
-//! between them, and a summary read back from the agents' metrics, admin page and logs.
+//! The local demo: two nodes and three pods as network namespaces, a node agent per node in
+//! shared mode, eBPF redirection of the enrolled pods, unmodified `curl` and plain HTTP servers
+//! in the pods, HBONE mTLS between the agents, and a summary read back from the agents'
+//! metrics and logs and from tcpdump between the nodes.
 
+use mesh_tests::cluster::Cluster;
 use mesh_tests::probe::{Capture, HttpServer};
-use mesh_tests::topology::SERVICE_HOST;
-use mesh_tests::{NetNs, Topology};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 const DENY_9090: &str = "policies:\n- name: deny-9090\n  namespace: default\n  scope: Namespace\n  action: Deny\n  rules:\n  - - - destinationPorts: [9090]\n";
-
-/// Runs curl in `ns` through the agent's SOCKS5 listener: (exit code, output).
-fn curl(ns: &NetNs, socks_flag: &str, url: &str) -> anyhow::Result<(i32, String)> {
-    let out = ns
-        .command("curl")
-        .args(["-sS", "--max-time", "5", socks_flag, "127.0.0.1:15080", url])
-        .output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((out.status.code().unwrap_or(-1), text.trim().to_owned()))
-}
 
 /// The labels of one exposition line.
 fn labels(line: &str) -> BTreeMap<String, String> {
@@ -77,85 +63,122 @@ fn print_connections(title: &str, metrics: &str) {
 pub fn run() -> anyhow::Result<()> {
     let bins = crate::build(true)?;
     println!(
-        "\n== demo: two pods in two network namespaces, a node agent each, HBONE mTLS between =="
+        "\n== demo: two nodes, three pods, eBPF redirection, HBONE mTLS between the node agents =="
     );
-    let t = Topology::with_binaries(&bins)?;
-    t.write_config(DENY_9090)?;
-    let _web = HttpServer::start(&t.server.ns, t.server.addr(8080))?;
-    let _denied = HttpServer::start(&t.server.ns, t.server.addr(9090))?;
-    let server_agent = t.start_agent(&t.server, &t.ca_dir)?;
-    let client_agent = t.start_agent(&t.client, &t.ca_dir)?;
+    let c = Cluster::new(
+        &bins,
+        &[
+            ("client", 0, true),
+            ("legacy", 0, false),
+            ("server", 1, true),
+        ],
+    )?;
+    c.write_config(DENY_9090)?;
+    let (client, legacy, server) = (c.pod("client"), c.pod("legacy"), c.pod("server"));
+    let _web = HttpServer::start(&server.ns, server.addr(8080))?;
+    let _denied = HttpServer::start(&server.ns, server.addr(9090))?;
+    let _legacy_web = HttpServer::start(&legacy.ns, legacy.addr(8080))?;
+    let agents = [c.start_agent(0)?, c.start_agent(1)?];
+    for p in &c.pods {
+        println!(
+            "  {:<8} {:<12} on {}  {}",
+            p.name,
+            p.ip,
+            c.nodes[p.node].name,
+            if p.enrolled {
+                "enrolled (istio.io/dataplane-mode=ambient)"
+            } else {
+                "not enrolled"
+            }
+        );
+    }
     println!(
-        "pods: client {} (netns {}), server {} (netns {}); service {SERVICE_HOST} -> server:8080",
-        t.client.ip,
-        t.client.ns.name(),
-        t.server.ip,
-        t.server.ns.name()
+        "  eBPF programs attached to cgroup {}",
+        c.cgroup.path.display()
     );
-    let capture = Capture::start(&t.client.ns, &t.link.a_name, &t.dir)?;
+    let capture = Capture::start(&c.nodes[0].ns, &c.node_link, &c.dir)?;
 
     let requests = [
-        ("--socks5", format!("http://{}/pod-ip", t.server.addr(8080))),
         (
-            "--socks5-hostname",
-            format!("http://{SERVICE_HOST}/service"),
+            client,
+            server.addr(8080),
+            "enrolled -> enrolled: captured, HBONE across the nodes",
         ),
-        ("--socks5", format!("http://{}/denied", t.server.addr(9090))),
+        (
+            client,
+            server.addr(9090),
+            "enrolled -> enrolled, port denied by policy",
+        ),
+        (
+            legacy,
+            server.addr(8080),
+            "not enrolled -> enrolled: plaintext, captured on arrival",
+        ),
+        (
+            client,
+            legacy.addr(8080),
+            "enrolled -> not enrolled: plain TCP from the pod",
+        ),
+        (
+            server,
+            server.addr(8080),
+            "a pod to itself through its own IP",
+        ),
     ];
-    println!("\nrequests (unmodified curl in the client pod, through the agent's SOCKS5 port):");
-    for (flag, url) in &requests {
-        let (code, out) = curl(&t.client.ns, flag, url)?;
-        println!("  curl {flag} {url}\n    exit {code}: {out}");
+    println!("\nrequests (unmodified curl inside the pods; -w shows getpeername()):");
+    for (from, to, what) in requests {
+        let url = format!("http://{to}/from-{}", from.name);
+        let (code, out, err) =
+            c.curl(from, &["-w", "  [peer %{remote_ip}:%{remote_port}]", &url])?;
+        println!(
+            "  {what}\n    {} $ curl {url}\n    exit {code}: {}{}",
+            from.name,
+            out.trim(),
+            err.trim()
+        );
     }
-    // Let the close records land before reading metrics.
     std::thread::sleep(Duration::from_millis(300));
     let (packets, raw) = capture.finish()?;
 
-    println!("\nwhat the agents report:");
-    print_connections(
-        "client's agent (reporter=source):",
-        &client_agent.metrics(&t.client)?,
-    );
-    print_connections(
-        "server's agent (reporter=destination):",
-        &server_agent.metrics(&t.server)?,
-    );
-
-    println!("\ncertificates held (from /config_dump):");
-    for (name, agent, pod) in [
-        ("client", &client_agent, &t.client),
-        ("server", &server_agent, &t.server),
-    ] {
-        let dump = agent.config_dump(pod)?;
-        for line in dump
-            .lines()
-            .filter(|l| l.contains("\"identity\"") || l.contains("\"notAfter\""))
-        {
-            println!("  {name}: {}", line.trim().trim_end_matches(','));
-        }
-        if let Some(l) = dump.lines().find(|l| l.contains("hboneConnections")) {
-            println!(
-                "  {name}: outbound HBONE connections in its pool: {}",
-                l.trim().trim_end_matches(',')
-            );
-        }
+    println!("\nwhat the agents report (from /metrics):");
+    for (i, a) in agents.iter().enumerate() {
+        print_connections(
+            &format!("{} agent:", c.nodes[i].name),
+            &a.metrics(&c.nodes[i])?,
+        );
     }
-
     let on_15008 = packets.iter().filter(|p| p.contains(".15008")).count();
-    println!(
-        "\non the wire between the pods: {} TCP packets, {} of them to or from port 15008; response text in clear: {}",
-        packets.len(),
-        on_15008,
-        if mesh_tests::probe::contains(&raw, b"hello from") {
-            "YES (bad)"
+    let seen = |text: &[u8]| {
+        if mesh_tests::probe::contains(&raw, text) {
+            "yes"
         } else {
-            "never"
+            "no"
         }
+    };
+    println!(
+        "\nbetween the nodes (tcpdump): {} TCP packets, {} of them HBONE on port 15008",
+        packets.len(),
+        on_15008
     );
-    println!("\naccess log of the server's agent:");
-    for line in server_agent.log().lines().filter(|l| l.contains("access")) {
-        println!("  {line}");
+    println!(
+        "  enrolled client's request or response in clear: {} (must be no)",
+        seen(b"asked for /from-client")
+    );
+    println!(
+        "  unenrolled pod's request in clear: {} (plaintext by design: it is not in the mesh)",
+        seen(b"asked for /from-legacy")
+    );
+    for (i, a) in agents.iter().enumerate() {
+        println!("\n{} agent log (enrollment and access):", c.nodes[i].name);
+        for line in a
+            .process
+            .log()
+            .lines()
+            .filter(|l| l.contains("access") || l.contains("enrolled") || l.contains("eBPF"))
+        {
+            println!("  {line}");
+        }
     }
-    println!("\ndemo done; cleaning up namespaces, processes and files");
+    println!("\ndemo done; cleaning up namespaces, cgroup, programs, processes and files");
     Ok(())
 }

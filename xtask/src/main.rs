@@ -13,7 +13,7 @@ use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const USAGE: &str = "usage: cargo xtask <setup | demo [--no-setup] | test | bench [--rounds N]>";
+const USAGE: &str = "usage: cargo xtask <setup | build-ebpf | demo [--no-setup] | test | bench [--rounds N] [--mode shared|dedicated]>";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,13 +35,21 @@ fn main() -> anyhow::Result<()> {
         }
         Some("test") => test(),
         Some("bench") => {
-            let rounds = match rest {
-                [flag, n] if flag == "--rounds" => n.parse().context("--rounds")?,
-                [] => 3,
-                _ => anyhow::bail!("{USAGE}"),
-            };
-            bench::run(rounds)
+            let mut rounds = 3;
+            let mut modes = vec!["shared", "dedicated"];
+            let mut it = rest.iter();
+            while let Some(flag) = it.next() {
+                match (flag.as_str(), it.next()) {
+                    ("--rounds", Some(n)) => rounds = n.parse().context("--rounds")?,
+                    ("--mode", Some(m)) if m == "shared" || m == "dedicated" => {
+                        modes = vec![m.as_str()]
+                    }
+                    _ => anyhow::bail!("{USAGE}"),
+                }
+            }
+            bench::run(rounds, &modes)
         }
+        Some("build-ebpf") => build_ebpf(),
         _ => anyhow::bail!("{USAGE}"),
     }
 }
@@ -78,6 +86,33 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
     Ok(root()
         .join("target")
         .join(if release { "release" } else { "debug" }))
+}
+
+/// Builds the eBPF object alone, where ztunnel's build script also puts it.
+fn build_ebpf() -> anyhow::Result<()> {
+    let target = root().join("target").join("ebpf");
+    run(Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--release",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .current_dir(root().join("ebpf-programs").join("redirect"))
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS"))?;
+    println!(
+        "eBPF object: {}",
+        target
+            .join("bpfel-unknown-none/release/mesh-redirect")
+            .display()
+    );
+    Ok(())
 }
 
 /// Every test: unit, protocol and end-to-end (which need root).
