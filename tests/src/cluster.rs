@@ -1,7 +1,9 @@
 //! A scene for shared mode: two "nodes" (network namespaces joined by a veth, each routing
 //! for its pods through a bridge) with an agent each, and "pods" (namespaces on a node's
 //! bridge), some enrolled (their `netns` in the config file) and some not. The cgroup
-//! programs attach to a child cgroup made here, and pod commands run inside it.
+//! programs attach to a child cgroup made here, and pod commands run inside it. Each node's
+//! agent pins its maps and links in a folder of its own under `/sys/fs/bpf` (see
+//! [`PinRoot`]).
 
 use crate::cleanup::{self, Registration};
 use crate::netns::ip;
@@ -47,6 +49,112 @@ impl Cgroup {
     }
 }
 
+/// A folder under `/sys/fs/bpf` unique to one cluster, holding each node agent's pin folder
+/// (`<root>/<node name>`). On drop, whatever the agents left pinned there is detached and
+/// removed (with `ztunnel uninstall`, then by removing the files), even when a test failed.
+pub struct PinRoot {
+    pub path: PathBuf,
+    _cleanup: Registration,
+}
+
+impl PinRoot {
+    fn new(ztunnel: &Path, nodes: &[&str]) -> Self {
+        let path = PathBuf::from("/sys/fs/bpf").join(crate::unique("mesh-test-"));
+        let (root, bin) = (path.clone(), ztunnel.to_owned());
+        let dirs: Vec<PathBuf> = nodes.iter().map(|n| path.join(n)).collect();
+        PinRoot {
+            path,
+            _cleanup: cleanup::register(move || {
+                for dir in dirs {
+                    if dir.exists() {
+                        let _ = Command::new(&bin)
+                            .arg("uninstall")
+                            .arg("--bpf-pin-dir")
+                            .arg(&dir)
+                            .output();
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&root);
+            }),
+        }
+    }
+}
+
+/// A program attached to a cgroup, as `bpftool cgroup show` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AttachedProgram {
+    pub id: u32,
+    /// bpftool's name for the attach type, e.g. `cgroup_inet4_connect`.
+    pub attach_type: String,
+    pub name: String,
+}
+
+/// Runs `bpftool` with `args`: its stdout, or an error with its stderr.
+pub fn bpftool(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("bpftool").args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bpftool {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The programs attached to the cgroup folder `cgroup` (`bpftool cgroup show`), sorted.
+pub fn cgroup_programs(cgroup: &Path) -> anyhow::Result<Vec<AttachedProgram>> {
+    let text = bpftool(&["cgroup", "show", &cgroup.display().to_string()])?;
+    let mut programs = Vec::new();
+    for line in text.lines() {
+        // `ID AttachType AttachFlags Name`; the flags column may be empty.
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (Some(id), Some(attach_type), Some(name)) = (
+            words.first().and_then(|w| w.parse().ok()),
+            words.get(1),
+            words.last(),
+        ) else {
+            continue;
+        };
+        programs.push(AttachedProgram {
+            id,
+            attach_type: attach_type.to_string(),
+            name: name.to_string(),
+        });
+    }
+    programs.sort();
+    Ok(programs)
+}
+
+/// How many `sk_lookup` links are attached to the network namespace `ns` (by its inode, from
+/// `bpftool link show`).
+pub fn sk_lookup_links(ns: &NetNs) -> anyhow::Result<usize> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = std::fs::metadata(ns.path())?.ino();
+    let text = bpftool(&["link", "show"])?;
+    let needle = format!("netns_ino {ino} ");
+    Ok(text
+        .lines()
+        .filter(|l| (l.to_string() + " ").contains(&needle) && l.contains("sk_lookup"))
+        .count())
+}
+
+/// The number of entries of the map pinned at `pin` (`bpftool map dump`), and the dump.
+pub fn map_entries(pin: &Path) -> anyhow::Result<(usize, String)> {
+    let text = bpftool(&["map", "dump", "pinned", &pin.display().to_string()])?;
+    let n = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Found ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!("no element count in the dump of {}:\n{text}", pin.display())
+        })?;
+    Ok((n, text))
+}
+
 pub struct Node {
     pub name: String,
     pub ns: NetNs,
@@ -76,6 +184,8 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub ztunnel: PathBuf,
     pub ca_dir: PathBuf,
+    /// Declared before `cgroup`, so that the links are detached before the cgroup goes.
+    pub pins: PinRoot,
     pub cgroup: Cgroup,
     pub nodes: Vec<Node>,
     pub pods: Vec<ClusterPod>,
@@ -105,6 +215,18 @@ impl Cluster {
         for i in 0..2u8 {
             let ns = NetNs::new("mn")?;
             ip(&["-n", ns.name(), "link", "add", "br0", "type", "bridge"])?;
+            // A fixed address, as CNI bridges have: otherwise the bridge takes the lowest of
+            // its ports' addresses, and changes it (leaving the pods' ARP entries for the
+            // gateway stale for seconds) when that port's pod goes away.
+            ip(&[
+                "-n",
+                ns.name(),
+                "link",
+                "set",
+                "br0",
+                "address",
+                &format!("02:00:0a:14:{:02x}:01", i + 1),
+            ])?;
             ip(&[
                 "-n",
                 ns.name(),
@@ -225,11 +347,15 @@ impl Cluster {
             "create-ca: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let cgroup = Cgroup::new()?;
+        let node_names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        let pins = PinRoot::new(&ztunnel, &node_names);
         let c = Cluster {
             dir,
             ztunnel,
             ca_dir,
-            cgroup: Cgroup::new()?,
+            pins,
+            cgroup,
             nodes,
             pods: cluster_pods,
             node_link,
@@ -275,9 +401,13 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts node `i`'s agent in shared mode and waits until it is ready and has enrolled
-    /// its pods.
-    pub fn start_agent(&self, i: usize) -> anyhow::Result<NodeAgent> {
+    /// Node `i`'s agent's pin folder (`EBPF_PIN_DIR`).
+    pub fn pin_dir(&self, i: usize) -> PathBuf {
+        self.pins.path.join(&self.nodes[i].name)
+    }
+
+    /// The command that runs node `i`'s agent in shared mode, in the node's namespace.
+    pub fn agent_command(&self, i: usize) -> Command {
         let node = &self.nodes[i];
         let mut cmd = node.ns.command_keeping_mounts(&self.ztunnel);
         cmd.env("LOCAL_XDS_PATH", self.config_path())
@@ -286,7 +416,31 @@ impl Cluster {
             .env("NODE_NAME", &node.name)
             .env("LOCAL_CA_DIR", &self.ca_dir)
             .env("EBPF_CGROUP", &self.cgroup.path)
+            .env("EBPF_PIN_DIR", self.pin_dir(i))
+            .env_remove("EBPF_OBJECT")
             .env("RUST_LOG", "info");
+        cmd
+    }
+
+    /// `ztunnel uninstall` for node `i`'s pin folder: (success, stdout, stderr).
+    pub fn uninstall(&self, i: usize) -> anyhow::Result<(bool, String, String)> {
+        let out = Command::new(&self.ztunnel)
+            .arg("uninstall")
+            .arg("--bpf-pin-dir")
+            .arg(self.pin_dir(i))
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Starts node `i`'s agent in shared mode and waits until it is ready and has enrolled
+    /// its pods.
+    pub fn start_agent(&self, i: usize) -> anyhow::Result<NodeAgent> {
+        let node = &self.nodes[i];
+        let cmd = self.agent_command(i);
         let log = self.dir.join(format!("ztunnel-{}.log", node.name));
         let process = Process::spawn(cmd, &log)?;
         let want = self

@@ -4,11 +4,15 @@
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
 
-use mesh_tests::cluster::Cluster;
+use mesh_tests::cluster::{
+    AttachedProgram, Cluster, bpftool, cgroup_programs, map_entries, sk_lookup_links,
+};
 use mesh_tests::probe::{Capture, HttpServer};
 use mesh_tests::topology::metric;
 use mesh_tests::{bin_dir, eventually};
-use std::time::Duration;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 /// client (enrolled) and other (not enrolled) on node 1, server (enrolled) on node 2.
 fn cluster() -> Cluster {
@@ -184,4 +188,330 @@ fn a_restarted_agent_serves_again_within_a_second() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// The six cgroup programs, one of each kind, as `bpftool cgroup show` names their attach
+/// types.
+const CGROUP_PROGRAMS: [(&str, &str); 6] = [
+    ("cgroup_inet4_connect", "mesh_connect4"),
+    ("cgroup_inet6_connect", "mesh_connect6"),
+    ("cgroup_inet4_getpeername", "mesh_getpeername4"),
+    ("cgroup_inet6_getpeername", "mesh_getpeername6"),
+    ("cgroup_getsockopt", "mesh_getsockopt"),
+    ("cgroup_sock_ops", "mesh_sockops"),
+];
+
+/// Asserts that `programs` holds each cgroup program `copies` times (once per agent).
+fn assert_each_kind(programs: &[AttachedProgram], copies: usize) {
+    for (attach_type, name) in CGROUP_PROGRAMS {
+        let n = programs
+            .iter()
+            .filter(|p| p.attach_type == attach_type && p.name.starts_with(name))
+            .count();
+        assert_eq!(n, copies, "{name} ({attach_type}) in {programs:#?}");
+    }
+    assert_eq!(
+        programs.len(),
+        copies * CGROUP_PROGRAMS.len(),
+        "{programs:#?}"
+    );
+}
+
+#[test]
+fn a_killed_agent_leaves_the_redirection_pinned_and_its_successor_takes_it_over() {
+    // One agent: the server is not enrolled, so client -> server goes through node 1's agent
+    // only, and the test cgroup holds exactly one copy of each program.
+    let c = Cluster::new(&bin_dir(), &[("client", 0, true), ("server", 1, false)]).unwrap();
+    let (client, server) = (c.pod("client"), c.pod("server"));
+    let _web = HttpServer::start(&server.ns, server.addr(8080)).unwrap();
+    let a1 = c.start_agent(0).unwrap();
+    let url = format!("http://{}/", server.addr(8080));
+    let (code, _, err) = c.curl(client, &[&url]).unwrap();
+    assert_eq!(code, 0, "{err}\n{}", a1.process.log());
+    let before = cgroup_programs(&c.cgroup.path).unwrap();
+    assert_each_kind(&before, 1);
+    assert_eq!(sk_lookup_links(&client.ns).unwrap(), 1);
+
+    // kill -9: no chance to clean up.
+    a1.process.signal(libc::SIGKILL);
+    assert!(a1.process.wait(Duration::from_secs(5)).is_some());
+    drop(a1);
+    let pins = c.pin_dir(0);
+    for (_, name) in CGROUP_PROGRAMS {
+        assert!(
+            pins.join("links").join(name).exists(),
+            "link {name} not pinned"
+        );
+    }
+    for map in [
+        "ENROLLED",
+        "ORIG_DST_BY_COOKIE",
+        "ORIG_DST_BY_TUPLE",
+        "CONFIG",
+    ] {
+        assert!(pins.join("maps").join(map).exists(), "map {map} not pinned");
+    }
+    assert_eq!(
+        std::fs::read_link(pins.join("cgroup")).unwrap(),
+        c.cgroup.path,
+        "the cgroup record"
+    );
+    // The same programs stay attached, and still capture: with no agent to answer, the
+    // client's connection is refused instead of going around the mesh.
+    assert_eq!(cgroup_programs(&c.cgroup.path).unwrap(), before);
+    let (code, _, err) = c.curl(client, &[&url]).unwrap();
+    assert_eq!(
+        code, 7,
+        "curl should fail to connect while the agent is down: {err}"
+    );
+    // The pod's sk_lookup link ended with the agent: nothing steers to a dead listener.
+    assert_eq!(sk_lookup_links(&client.ns).unwrap(), 0);
+    // A namespace enrolled by the dead agent whose pod went away meanwhile.
+    let enrolled = pins.join("maps").join("ENROLLED");
+    let stale: u64 = 0x0dea_dbee_f000_0001;
+    let key: Vec<String> = stale
+        .to_ne_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut args = vec![
+        "map",
+        "update",
+        "pinned",
+        enrolled.to_str().unwrap(),
+        "key",
+        "hex",
+    ];
+    args.extend(key.iter().map(String::as_str));
+    args.extend(["value", "hex", "00", "00", "00", "00"]);
+    bpftool(&args).unwrap();
+    assert_eq!(map_entries(&enrolled).unwrap().0, 2);
+
+    let started = Instant::now();
+    let a1 = c.start_agent(0).unwrap();
+    let (code, _, err) = c.curl(client, &[&url]).unwrap();
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{err}\n{}", a1.process.log());
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    // The new agent took the pinned links over: still one program of each kind, now its own.
+    let after = cgroup_programs(&c.cgroup.path).unwrap();
+    assert_each_kind(&after, 1);
+    let old_ids: Vec<u32> = before.iter().map(|p| p.id).collect();
+    assert!(
+        after.iter().all(|p| !old_ids.contains(&p.id)),
+        "the old programs still run: before {before:#?}, after {after:#?}"
+    );
+    assert_eq!(sk_lookup_links(&client.ns).unwrap(), 1);
+    // The stale namespace is gone from ENROLLED; the client's stays.
+    eventually(Duration::from_secs(2), "the stale cookie removed", || {
+        a1.process
+            .log()
+            .contains(&format!("cookie={stale}"))
+            .then_some(())
+    });
+    let (n, dump) = map_entries(&enrolled).unwrap();
+    assert_eq!(n, 1, "{dump}");
+}
+
+#[test]
+fn uninstall_removes_everything_the_agents_attached_and_pinned() {
+    let c = cluster();
+    let (client, server) = (c.pod("client"), c.pod("server"));
+    let _web = HttpServer::start(&server.ns, server.addr(8080)).unwrap();
+    let a1 = c.start_agent(0).unwrap();
+    let a2 = c.start_agent(1).unwrap();
+    let url = format!("http://{}/", server.addr(8080));
+    assert_eq!(c.curl(client, &[&url]).unwrap().0, 0);
+    // Both agents attach to the test cgroup.
+    let programs = cgroup_programs(&c.cgroup.path).unwrap();
+    assert_each_kind(&programs, 2);
+
+    // Not under a running agent.
+    let (ok, _, err) = c.uninstall(0).unwrap();
+    assert!(!ok && err.contains("running agent"), "{err}");
+    assert_eq!(cgroup_programs(&c.cgroup.path).unwrap(), programs);
+
+    // A clean stop leaves the redirection in place too.
+    a1.process.stop(Duration::from_secs(5));
+    a2.process.stop(Duration::from_secs(5));
+    drop((a1, a2));
+    assert_eq!(cgroup_programs(&c.cgroup.path).unwrap(), programs);
+
+    for i in 0..2 {
+        let (ok, out, err) = c.uninstall(i).unwrap();
+        assert!(ok, "uninstall {i}: {err}");
+        for (_, name) in CGROUP_PROGRAMS {
+            assert!(out.contains(&format!("detached {name} ")), "{name}:\n{out}");
+        }
+        assert!(out.contains("removed map ENROLLED"), "{out}");
+        assert!(out.contains("removed the pin folder"), "{out}");
+        assert!(!c.pin_dir(i).exists());
+    }
+    assert_eq!(cgroup_programs(&c.cgroup.path).unwrap(), vec![]);
+    // The programs themselves are gone from the kernel.
+    for p in &programs {
+        eventually(
+            Duration::from_secs(2),
+            &format!("program {} unloaded", p.id),
+            || {
+                bpftool(&["prog", "show", "id", &p.id.to_string()])
+                    .is_err()
+                    .then_some(())
+            },
+        );
+    }
+    // Nothing captures any more: the client reaches the server directly.
+    let (code, body, err) = c.curl(client, &[&url]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(body.contains(&format!("from {}:", client.ip)), "{body}");
+
+    // Again: nothing left, and that is fine.
+    for i in 0..2 {
+        let (ok, out, err) = c.uninstall(i).unwrap();
+        assert!(ok, "{err}");
+        assert!(out.contains("nothing to remove"), "{out}");
+    }
+}
+
+#[test]
+fn a_pod_namespace_deleted_while_enrolled_is_reported_and_the_others_are_served() {
+    let c = Cluster::new(
+        &bin_dir(),
+        &[
+            ("client", 0, true),
+            ("doomed", 0, true),
+            ("server", 1, true),
+        ],
+    )
+    .unwrap();
+    let (client, doomed, server) = (c.pod("client"), c.pod("doomed"), c.pod("server"));
+    let _web = HttpServer::start(&server.ns, server.addr(8080)).unwrap();
+    let a1 = c.start_agent(0).unwrap();
+    let _a2 = c.start_agent(1).unwrap();
+    let url = format!("http://{}/", server.addr(8080));
+    assert_eq!(c.curl(client, &[&url]).unwrap().0, 0);
+    let enrolled = c.pin_dir(0).join("maps").join("ENROLLED");
+    assert_eq!(map_entries(&enrolled).unwrap().0, 2);
+
+    let path = doomed.ns.path().display().to_string();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "del", doomed.ns.name()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        Duration::from_secs(5),
+        "an error naming the deleted namespace",
+        || {
+            a1.process
+                .log()
+                .lines()
+                .any(|l| l.contains("ERROR") && l.contains(&path))
+                .then_some(())
+        },
+    );
+    let (code, _, err) = c.curl(client, &[&url]).unwrap();
+    assert_eq!(code, 0, "{err}\n{}", a1.process.log());
+    eventually(Duration::from_secs(2), "the namespace unenrolled", || {
+        (map_entries(&enrolled).ok()?.0 == 1).then_some(())
+    });
+    assert!(a1.process.exited().is_none(), "{}", a1.process.log());
+}
+
+/// Runs node 1's agent with `EBPF_OBJECT=object`, expecting it to exit within 20 s: its exit
+/// status and stderr.
+fn run_agent_with_object(c: &Cluster, object: &Path) -> (std::process::ExitStatus, String) {
+    let mut cmd = c.agent_command(0);
+    cmd.env("EBPF_OBJECT", object)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let status =
+        mesh_tests::eventually_opt(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stderr = reader.join().unwrap();
+    let status = status.unwrap_or_else(|| panic!("the agent kept running:\n{stderr}"));
+    (status, stderr)
+}
+
+#[test]
+fn a_corrupt_ebpf_object_stops_the_agent_and_is_named() {
+    let c = Cluster::new(&bin_dir(), &[("client", 0, true)]).unwrap();
+    let corrupt = c.dir.join("corrupt-mesh-redirect.o");
+    std::fs::write(&corrupt, b"\x7fELF, or so it says\n").unwrap();
+    let (status, stderr) = run_agent_with_object(&c, &corrupt);
+    assert!(!status.success(), "{status:?}\n{stderr}");
+    assert!(
+        stderr.contains(&corrupt.display().to_string()),
+        "stderr does not name the file:\n{stderr}"
+    );
+    // Nothing was attached or pinned.
+    assert_eq!(cgroup_programs(&c.cgroup.path).unwrap(), vec![]);
+    assert!(!c.pin_dir(0).exists());
+}
+
+#[test]
+fn a_program_the_verifier_refuses_stops_the_agent_with_the_verifier_log() {
+    let c = Cluster::new(&bin_dir(), &[("client", 0, true)]).unwrap();
+    // The object build.rs made (`<target>/ebpf/...`), with `mesh_sockops`'s first
+    // instruction, `rX = r1` (saving the context), turned into `rX = r2`: R2 is not
+    // initialised at entry, which the verifier refuses.
+    let built = bin_dir()
+        .parent()
+        .unwrap()
+        .join("ebpf/bpfel-unknown-none/release/mesh-redirect");
+    let mut object = std::fs::read(&built)
+        .unwrap_or_else(|e| panic!("the built eBPF object {}: {e}", built.display()));
+    let (offset, _) = elf_section(&object, "sockops").expect("no sockops section");
+    let insn = &mut object[offset..offset + 8];
+    assert_eq!(
+        (insn[0], insn[1] >> 4),
+        (0xbf, 1),
+        "mesh_sockops no longer starts with `rX = r1`; update this test: {insn:02x?}"
+    );
+    insn[1] = (insn[1] & 0x0f) | 0x20;
+    let broken = c.dir.join("refused-by-the-verifier.o");
+    std::fs::write(&broken, &object).unwrap();
+
+    let (status, stderr) = run_agent_with_object(&c, &broken);
+    assert!(!status.success(), "{status:?}\n{stderr}");
+    // The program, the reason, and the verifier's log.
+    assert!(stderr.contains("program mesh_sockops"), "{stderr}");
+    assert!(stderr.contains("verifier log"), "{stderr}");
+    assert!(stderr.contains("R2 !read_ok"), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert_eq!(cgroup_programs(&c.cgroup.path).unwrap(), vec![]);
+}
+
+/// The file offset and size of the section `name` of the ELF64 little-endian file `elf`.
+fn elf_section(elf: &[u8], name: &str) -> Option<(usize, usize)> {
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
+    let (shoff, shentsize, shnum, shstrndx) =
+        (u64_at(0x28), u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
+    let header = |i: usize| shoff + i * shentsize;
+    let strtab = u64_at(header(shstrndx) + 24);
+    (0..shnum).find_map(|i| {
+        let h = header(i);
+        let start = strtab + u32_at(h);
+        let end = start + elf[start..].iter().position(|&b| b == 0)?;
+        (&elf[start..end] == name.as_bytes()).then(|| (u64_at(h + 24), u64_at(h + 32)))
+    })
 }

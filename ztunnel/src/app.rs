@@ -85,8 +85,16 @@ impl Agent {
                     cgroup: cfg.cgroup.clone(),
                     mark: cfg.packet_mark.unwrap_or(mesh_common::DEFAULT_PACKET_MARK),
                     log_level: cfg.ebpf_log_level,
+                    pin_dir: cfg.bpf_pin_dir.clone(),
+                    object: cfg.ebpf_object.clone(),
                 })
-                .context("loading the eBPF redirection programs")?;
+                .with_context(|| {
+                    let object = cfg.ebpf_object.as_ref().map_or_else(
+                        || "built in".to_owned(),
+                        |o| format!("EBPF_OBJECT {}", o.display()),
+                    );
+                    format!("loading the eBPF redirection programs ({object})")
+                })?;
                 let pods =
                     Pods::new(inputs.clone(), redirector).context("reading the eBPF maps")?;
                 tasks.spawn(pods.run(drain_rx.clone()));

@@ -65,6 +65,16 @@ pub struct Args {
     /// Diagnostics of the eBPF programs: 0 off (default) to 5 trace.
     #[arg(long, env = "EBPF_LOG_LEVEL", default_value_t = 0)]
     pub ebpf_log_level: u32,
+    /// Folder on a bpf filesystem where the redirection's maps and links are pinned, so that
+    /// they outlive an agent restart; bpffs is mounted at /sys/fs/bpf if the folder is under it
+    /// and none is mounted. Empty: nothing pinned, everything detached when the agent exits
+    /// (default `/sys/fs/bpf/mesh`).
+    #[arg(long, env = "EBPF_PIN_DIR", default_value = crate::redirect::DEFAULT_PIN_DIR)]
+    pub bpf_pin_dir: String,
+    /// eBPF object file to load instead of the one built into the binary (default: the
+    /// built-in one).
+    #[arg(long, env = "EBPF_OBJECT")]
+    pub ebpf_object: Option<PathBuf>,
     /// Log filter (tracing's env-filter syntax; default `info`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -137,6 +147,10 @@ pub struct Config {
     /// Shared mode: where the redirection programs attach.
     pub cgroup: PathBuf,
     pub ebpf_log_level: u32,
+    /// Shared mode: where the redirection's maps and links are pinned; `None`: not pinned.
+    pub bpf_pin_dir: Option<PathBuf>,
+    /// Shared mode: an eBPF object file to load instead of the built-in one.
+    pub ebpf_object: Option<PathBuf>,
 }
 
 /// The cgroup v2 root: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on hybrid.
@@ -298,6 +312,8 @@ impl TryFrom<Args> for Config {
             reload_interval: Duration::from_millis(500),
             cgroup: a.cgroup.unwrap_or_else(cgroup_v2_root),
             ebpf_log_level: a.ebpf_log_level,
+            bpf_pin_dir: (!a.bpf_pin_dir.is_empty()).then(|| PathBuf::from(a.bpf_pin_dir)),
+            ebpf_object: a.ebpf_object,
         })
     }
 }
@@ -370,6 +386,21 @@ mod tests {
                 .to_string()
                 .starts_with("XDS_ADDRESS")
         );
+    }
+
+    #[test]
+    fn pin_dir_defaults_and_can_be_turned_off() {
+        let c = config(OK).unwrap();
+        assert_eq!(c.bpf_pin_dir, Some(PathBuf::from("/sys/fs/bpf/mesh")));
+        assert_eq!(c.ebpf_object, None);
+        let mut flags = OK.to_vec();
+        flags.push("--bpf-pin-dir=");
+        assert_eq!(config(&flags).unwrap().bpf_pin_dir, None);
+        flags.push("--bpf-pin-dir=/sys/fs/bpf/other");
+        flags.push("--ebpf-object=/x.o");
+        let c = config(&flags).unwrap();
+        assert_eq!(c.bpf_pin_dir, Some(PathBuf::from("/sys/fs/bpf/other")));
+        assert_eq!(c.ebpf_object, Some(PathBuf::from("/x.o")));
     }
 
     #[test]

@@ -29,14 +29,32 @@ enum Command {
         #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
         trust_domain: String,
     },
+    /// Detaches and removes everything the agent pinned: the cgroup programs' links, the maps,
+    /// the pin folder. Run it with the agent stopped; running it again is harmless.
+    Uninstall {
+        /// The agent's pin folder (default `/sys/fs/bpf/mesh`).
+        #[arg(long, env = "EBPF_PIN_DIR", default_value = ztunnel::redirect::DEFAULT_PIN_DIR)]
+        bpf_pin_dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::CreateCa { dir, trust_domain }) = cli.command {
-        ztunnel::identity::LocalCa::generate(&dir, &trust_domain)?;
-        println!("wrote a root CA for {trust_domain} to {}", dir.display());
-        return Ok(());
+    match cli.command {
+        Some(Command::CreateCa { dir, trust_domain }) => {
+            ztunnel::identity::LocalCa::generate(&dir, &trust_domain)?;
+            println!("wrote a root CA for {trust_domain} to {}", dir.display());
+            return Ok(());
+        }
+        Some(Command::Uninstall { bpf_pin_dir }) => {
+            let removed = ztunnel::redirect::uninstall(&bpf_pin_dir)
+                .with_context(|| format!("uninstalling {}", bpf_pin_dir.display()))?;
+            for line in removed {
+                println!("{line}");
+            }
+            return Ok(());
+        }
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))

@@ -107,6 +107,8 @@ services:
             reload_interval: Duration::from_millis(50),
             cgroup: ztunnel::config::cgroup_v2_root(),
             ebpf_log_level: 0,
+            bpf_pin_dir: None,
+            ebpf_object: None,
         }
     }
 

@@ -63,6 +63,8 @@ fn redirects_an_enrolled_namespace() -> Result<()> {
         cgroup: cgroup.path.clone(),
         mark: MARK,
         log_level: 0,
+        pin_dir: None,
+        object: None,
     })?;
 
     let netns_a = File::open(a.path())?;

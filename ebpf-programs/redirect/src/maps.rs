@@ -1,4 +1,13 @@
 //! The maps. Names and key/value types come from `mesh_common`.
+//!
+//! # Pinning
+//! The agent pins `ENROLLED`, `ORIG_DST_BY_COOKIE`, `ORIG_DST_BY_TUPLE` and `CONFIG` of its main
+//! copy of this object in its pin folder (`EbpfLoader::map_pin_path`), so that they outlive a
+//! restart. They are deliberately not declared pinned here (`PinningType::ByName`): the
+//! per-namespace copies for `mesh_sk_lookup` load this same object, and aya would pin their
+//! maps too (under `/sys/fs/bpf` unless told otherwise). A change to a pinned map's type, key,
+//! value or size must be mirrored in the agent's table of pinned maps (`ztunnel/src/redirect/
+//! pins.rs`), which replaces a pinned map of another layout instead of reusing it.
 
 use aya_ebpf::{
     macros::map,

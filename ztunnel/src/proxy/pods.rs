@@ -57,13 +57,18 @@ impl Pods {
     pub async fn run(mut self, mut drain: watch::Receiver<bool>) {
         let mut changes = self.base.state.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        self.reconcile();
+        // Namespaces an earlier agent left enrolled and this one did not enroll again.
+        if let Err(e) = self.redirector.remove_stale() {
+            tracing::error!(error = %e, "removing stale enrolled namespaces");
+        }
         loop {
-            self.reconcile();
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = tick.tick() => {}
                 _ = drain.changed() => break,
             }
+            self.reconcile();
         }
         for (_, pod) in self.pods.drain() {
             let _ = pod.stop.send(true);

@@ -18,14 +18,35 @@ pub enum RedirectError {
         source: io::Error,
     },
 
-    /// The embedded object `mesh-redirect` could not be parsed, or its maps not created.
-    #[error("loading the eBPF object mesh-redirect ({copy})")]
+    /// The object could not be parsed, or its maps not created (or opened from their pins).
+    #[error("loading the eBPF object {object} ({copy})")]
     Object {
+        /// Which object: `mesh-redirect (built in)` or the file given as `EBPF_OBJECT`.
+        object: String,
         /// Which copy: `main`, or the per-namespace copy for sk_lookup (with its netns cookie).
         copy: String,
         /// aya's error.
         #[source]
         source: Box<aya::EbpfError>,
+    },
+
+    /// The object file given instead of the built-in object could not be read.
+    #[error("reading the eBPF object file {path}")]
+    ObjectFile {
+        /// The file (`EBPF_OBJECT`).
+        path: PathBuf,
+        /// Why reading failed.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The object file given instead of the built-in object is not an eBPF ELF object.
+    #[error("the eBPF object file {path} is not an eBPF ELF object: {problem}")]
+    NotAnObject {
+        /// The file (`EBPF_OBJECT`).
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: &'static str,
     },
 
     /// The object has no program of this name (the object and the agent disagree).
@@ -64,6 +85,50 @@ pub enum RedirectError {
         /// aya's error.
         #[source]
         source: Box<ProgramError>,
+    },
+
+    /// A `bpf_link` operation on a cgroup program failed (attach, replace, pin, detach).
+    #[error("program {program}: {action}")]
+    Link {
+        /// The program's name.
+        program: &'static str,
+        /// What was being done, for example `attaching to cgroup /sys/fs/cgroup`.
+        action: String,
+        /// The error of the `bpf(2)` call or of the file operation on the pin.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A file operation in the pin folder failed (or mounting bpffs for it).
+    #[error("pin folder {path}: {action}")]
+    Pin {
+        /// The pin folder.
+        path: PathBuf,
+        /// What was being done, for example `removing the pin of map ENROLLED`.
+        action: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The pin folder is not on a bpf filesystem, and is not under `/sys/fs/bpf` (where the
+    /// agent would mount one).
+    #[error(
+        "pin folder {path} is not on a bpf filesystem: mount one there (mount -t bpf bpf <dir>) \
+         or choose a folder under /sys/fs/bpf"
+    )]
+    NotBpffs {
+        /// The pin folder.
+        path: PathBuf,
+    },
+
+    /// Another process (a running agent) holds the pin folder's lock.
+    #[error("pin folder {path} is in use by a running agent{waited}; stop it first")]
+    PinBusy {
+        /// The pin folder.
+        path: PathBuf,
+        /// How long we waited, for example ` (waited 30s for it to exit)`; empty if we did not.
+        waited: String,
     },
 
     /// An operation on a map failed.
@@ -134,6 +199,32 @@ impl RedirectError {
                 action: action.into(),
                 source: Box::new(source),
             },
+        }
+    }
+
+    /// An error of a `bpf_link` operation on `program`.
+    pub(super) fn link(
+        program: &'static str,
+        action: impl Into<String>,
+        source: io::Error,
+    ) -> Self {
+        Self::Link {
+            program,
+            action: action.into(),
+            source,
+        }
+    }
+
+    /// An error of a file operation in the pin folder `path`.
+    pub(super) fn pin(
+        path: &std::path::Path,
+        action: impl Into<String>,
+        source: io::Error,
+    ) -> Self {
+        Self::Pin {
+            path: path.to_owned(),
+            action: action.into(),
+            source,
         }
     }
 

@@ -1,8 +1,16 @@
 //! Loading and driving the eBPF redirection programs (`ebpf-programs/redirect`).
 //!
-//! The object `mesh-redirect` is built by `build.rs` and embedded in the binary. [`Redirector`]
-//! loads it, attaches its cgroup programs, and enrolls pods (network namespaces, known by their
-//! [`netns_cookie`]); everything it attached is detached when it is dropped.
+//! The object `mesh-redirect` is built by `build.rs` and embedded in the binary (or read from
+//! [`RedirectConfig::object`]). [`Redirector`] loads it, attaches its cgroup programs, and
+//! enrolls pods (network namespaces, known by their [`netns_cookie`]).
+//!
+//! # Lifecycle
+//! With a pin folder ([`RedirectConfig::pin_dir`], see `pins`), the shared maps and the cgroup
+//! programs' links are pinned there: they outlive the agent, so enrolled pods stay captured
+//! while it restarts, and the next agent takes them over (the same maps, the same links now
+//! running its programs) instead of attaching a second copy. [`uninstall`] removes them.
+//! Without one, everything is detached when the [`Redirector`] is dropped. The per-namespace
+//! sk_lookup copies are never pinned: they end with the agent.
 //!
 //! # Programs
 //! - Outbound capture (attached once, to a cgroup): `mesh_connect4/6` rewrite an enrolled app's
@@ -20,22 +28,25 @@
 //! The programs' aya-log records go to `tracing` (see `logs`), up to the level set with
 //! [`RedirectConfig::log_level`] or [`Redirector::set_log_level`]; off by default.
 
+mod cgroup_link;
 mod config_map;
 mod error;
 mod logs;
 mod netns;
+mod object;
+mod orig_dst;
+mod pins;
 mod sk_lookup;
 mod sock_addr;
 mod sock_ops;
 mod sockopt;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt,
     fs::File,
-    net::{IpAddr, SocketAddr, TcpListener},
-    path::PathBuf,
-    sync::Arc,
+    net::TcpListener,
+    path::{Path, PathBuf},
 };
 
 use aya::{
@@ -43,10 +54,16 @@ use aya::{
     maps::HashMap as BpfHashMap,
     programs::{Program, ProgramError},
 };
-use mesh_common::{AF_INET, AF_INET6, OrigDst, TupleKey, maps, programs};
+use mesh_common::{maps, programs};
+
+use cgroup_link::CgroupLink;
+use object::Object;
+use pins::{Attached, PinDir};
 
 pub use error::RedirectError;
 pub use netns::netns_cookie;
+pub use orig_dst::OrigDstLookup;
+pub use pins::{DEFAULT_PIN_DIR, uninstall};
 
 /// Settings for the redirection programs.
 #[derive(Clone, Debug)]
@@ -58,13 +75,29 @@ pub struct RedirectConfig {
     pub mark: u32,
     /// aya-log level for the programs' diagnostics: 0 = off (default) .. 5 = trace.
     pub log_level: u32,
+    /// Folder on a bpf filesystem where the shared maps and the cgroup programs' links are
+    /// pinned, so that they outlive the redirector (see the module's "Lifecycle"); a bpf
+    /// filesystem is mounted at `/sys/fs/bpf` if the folder is under it and none is mounted.
+    /// `None`: nothing pinned, everything detached on drop. The agent's default is
+    /// [`DEFAULT_PIN_DIR`].
+    pub pin_dir: Option<PathBuf>,
+    /// An eBPF object file to load instead of the built-in one (`None`, the default).
+    pub object: Option<PathBuf>,
 }
 
 /// The loaded redirection programs: the cgroup programs attached to [`RedirectConfig::cgroup`],
-/// and one sk_lookup copy per enrolled namespace. Dropping it detaches everything.
+/// and one sk_lookup copy per enrolled namespace. Dropping it detaches the sk_lookup copies,
+/// and the cgroup programs too unless they are pinned.
 pub struct Redirector {
-    /// The main object; owns the cgroup programs' links and the `ENROLLED` map.
+    /// The main object; owns the `ENROLLED` map.
     ebpf: Ebpf,
+    /// The cgroup programs' links, in attachment order. Unpinned, closing them detaches.
+    _links: Vec<CgroupLink>,
+    /// Cookies found in a pinned `ENROLLED` at load and not enrolled since (see
+    /// [`Redirector::remove_stale`]).
+    inherited: HashSet<u64>,
+    /// The object, for the per-namespace copies.
+    object: Object,
     /// The enrolled namespaces by netns cookie, each with its sk_lookup copy.
     namespaces: HashMap<u64, sk_lookup::Namespace>,
     /// The cgroup the programs are attached to.
@@ -75,110 +108,182 @@ pub struct Redirector {
     log_level: u32,
     /// Forwards the main object's aya-log records.
     _logs: logs::LogReader,
+    /// The pin folder, locked for as long as the redirector lives. Last, so that the lock is
+    /// released only after everything else is dropped.
+    pins: Option<PinDir>,
 }
 
-/// Reads `ORIG_DST_BY_TUPLE`: where an accepted, redirected connection was going, keyed by the
-/// pod's namespace and the accepted socket's peer (the app socket's local address). This works
-/// whatever cgroup the agent itself is in; `SO_ORIGINAL_DST` (answered by `mesh_getsockopt`)
-/// needs the agent's sockets inside the watched cgroup.
-#[derive(Clone)]
-pub struct OrigDstLookup(Arc<BpfHashMap<aya::maps::MapData, TupleKey, OrigDst>>);
+/// The kinds of cgroup program, each with its own module.
+#[derive(Clone, Copy, Debug)]
+enum CgroupKind {
+    SockOps,
+    Sockopt,
+    SockAddr,
+}
 
-impl OrigDstLookup {
-    /// The original destination of the connection from `peer` accepted in the namespace
-    /// `netns_cookie`.
-    pub fn get(&self, netns_cookie: u64, peer: SocketAddr) -> Option<SocketAddr> {
-        let (ip, family) = match peer.ip() {
-            IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], AF_INET),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], AF_INET),
-                None => {
-                    let o = v6.octets();
-                    let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-                    ([w(0), w(4), w(8), w(12)], AF_INET6)
-                }
-            },
-        };
-        let key = TupleKey {
-            netns_cookie,
-            ip,
-            port: u32::from(peer.port()),
-            family: u32::from(family),
-        };
-        let d = self.0.get(&key, 0).ok()?;
-        let port = u16::from_be(d.port);
-        let ip = if d.family == AF_INET6 {
-            let mut o = [0u8; 16];
-            for (i, w) in d.ip.iter().enumerate() {
-                o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-            }
-            IpAddr::from(o)
-        } else {
-            IpAddr::from(d.ip[0].to_ne_bytes())
-        };
-        Some(SocketAddr::new(ip, port))
+impl CgroupKind {
+    /// Loads the program `name` of this kind into the kernel.
+    fn load(self, ebpf: &mut Ebpf, name: &'static str) -> Result<(), RedirectError> {
+        match self {
+            Self::SockOps => sock_ops::load(ebpf, name),
+            Self::Sockopt => sockopt::load(ebpf, name),
+            Self::SockAddr => sock_addr::load(ebpf, name),
+        }
+    }
+
+    /// The attach type (`BPF_CGROUP_*`) of the program `name` of this kind.
+    fn attach_type(self, name: &'static str) -> Result<u32, RedirectError> {
+        match self {
+            Self::SockOps => sock_ops::attach_type(name),
+            Self::Sockopt => sockopt::attach_type(name),
+            Self::SockAddr => sock_addr::attach_type(name),
+        }
+    }
+
+    /// Attaches the loaded program `name` of this kind to `cgroup` (open at `path`).
+    fn attach(
+        self,
+        ebpf: &Ebpf,
+        name: &'static str,
+        cgroup: &File,
+        path: &Path,
+    ) -> Result<CgroupLink, RedirectError> {
+        match self {
+            Self::SockOps => sock_ops::attach(ebpf, name, cgroup, path),
+            Self::Sockopt => sockopt::attach(ebpf, name, cgroup, path),
+            Self::SockAddr => sock_addr::attach(ebpf, name, cgroup, path),
+        }
     }
 }
 
 /// The cgroup programs, in attachment order: everything that serves a redirected connection is
 /// in place before `mesh_connect4/6` start redirecting.
-const CGROUP_SOCK_ADDR_PROGRAMS: [&str; 4] = [
-    programs::GETPEERNAME4,
-    programs::GETPEERNAME6,
-    programs::CONNECT4,
-    programs::CONNECT6,
+const CGROUP_PROGRAMS: [(&str, CgroupKind); 6] = [
+    (programs::SOCKOPS, CgroupKind::SockOps),
+    (programs::GETSOCKOPT, CgroupKind::Sockopt),
+    (programs::GETPEERNAME4, CgroupKind::SockAddr),
+    (programs::GETPEERNAME6, CgroupKind::SockAddr),
+    (programs::CONNECT4, CgroupKind::SockAddr),
+    (programs::CONNECT6, CgroupKind::SockAddr),
 ];
 
 impl Redirector {
-    /// Loads the embedded object, writes `CONFIG` (mark, ports 15001/15006, log level), attaches
-    /// `mesh_connect4`, `mesh_connect6`, `mesh_getpeername4`, `mesh_getpeername6`,
-    /// `mesh_getsockopt` and `mesh_sockops` to `cfg.cgroup`, and starts forwarding the
+    /// Loads the object, writes `CONFIG` (mark, ports 15001/15006, log level), attaches
+    /// `mesh_sockops`, `mesh_getsockopt`, `mesh_getpeername4`, `mesh_getpeername6`,
+    /// `mesh_connect4` and `mesh_connect6` to `cfg.cgroup`, and starts forwarding the
     /// programs' aya-log records to `tracing`.
+    ///
+    /// With a pin folder, the maps pinned there by an earlier agent are used instead of new
+    /// ones (unless their layout changed), and a program whose link is pinned there for this
+    /// cgroup replaces the link's old program in place; other links are made and pinned. The
+    /// namespaces the earlier agent left in `ENROLLED` stay until [`Redirector::remove_stale`].
     ///
     /// Must be called from inside a tokio runtime (the log reader is a task).
     ///
     /// # Errors
-    /// If the cgroup folder cannot be opened, the log level is above 5, there is no tokio
-    /// runtime, or the kernel refuses to load (with the verifier log) or attach a program.
+    /// If the cgroup folder cannot be opened, the object file cannot be read or is not an
+    /// eBPF object (the error names the file), the pin folder cannot be prepared, the log
+    /// level is above 5, there is no tokio runtime, or the kernel refuses to load (with the
+    /// program's name and the verifier log) or attach a program.
     pub fn load(cfg: &RedirectConfig) -> Result<Self, RedirectError> {
-        let cgroup = File::open(&cfg.cgroup).map_err(|source| RedirectError::Cgroup {
+        let cgroup_error = |source| RedirectError::Cgroup {
             path: cfg.cgroup.clone(),
             source,
-        })?;
+        };
+        let cgroup = File::open(&cfg.cgroup).map_err(cgroup_error)?;
+        let cgroup_id = cgroup_link::cgroup_id(&cgroup).map_err(cgroup_error)?;
         config_map::check_log_level(cfg.log_level)?;
-        let mut ebpf =
-            EbpfLoader::new()
-                .load(object())
-                .map_err(|source| RedirectError::Object {
-                    copy: "main".to_owned(),
-                    source: Box::new(source),
-                })?;
+        let object = match &cfg.object {
+            Some(path) => Object::from_file(path)?,
+            None => Object::embedded(),
+        };
+        let pins = cfg.pin_dir.as_deref().map(PinDir::open).transpose()?;
+        let mut loader = EbpfLoader::new();
+        if let Some(pins) = &pins {
+            let same = |old: &PathBuf| {
+                old == &cfg.cgroup
+                    || matches!(
+                        (old.canonicalize(), cfg.cgroup.canonicalize()),
+                        (Ok(a), Ok(b)) if a == b
+                    )
+            };
+            if let Some(old) = pins.recorded_cgroup().filter(|old| !same(old)) {
+                tracing::warn!(
+                    pin_dir = %pins.path().display(),
+                    old = %old.display(),
+                    new = %cfg.cgroup.display(),
+                    "the pinned links belong to another cgroup; moving them"
+                );
+            }
+            pins.drop_incompatible_maps()?;
+            for (name, ..) in pins::PINNED_MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader
+            .load(object.bytes())
+            .map_err(|source| RedirectError::Object {
+                object: object.to_string(),
+                copy: "main".to_owned(),
+                source: Box::new(source),
+            })?;
         // Before loading the programs: the reader keeps the ring buffer's fd open.
         let logs = logs::LogReader::start(&mut ebpf, "main")?;
         config_map::write(&mut ebpf, cfg.mark, cfg.log_level)?;
-
-        for name in CGROUP_SOCK_ADDR_PROGRAMS {
-            sock_addr::load(&mut ebpf, name)?;
+        for (name, kind) in CGROUP_PROGRAMS {
+            kind.load(&mut ebpf, name)?;
         }
-        sockopt::load(&mut ebpf, programs::GETSOCKOPT)?;
-        sock_ops::load(&mut ebpf, programs::SOCKOPS)?;
 
         let path = cfg.cgroup.as_path();
-        sock_ops::attach(&mut ebpf, programs::SOCKOPS, &cgroup, path)?;
-        sockopt::attach(&mut ebpf, programs::GETSOCKOPT, &cgroup, path)?;
-        for name in CGROUP_SOCK_ADDR_PROGRAMS {
-            sock_addr::attach(&mut ebpf, name, &cgroup, path)?;
+        let mut links = Vec::with_capacity(CGROUP_PROGRAMS.len());
+        let mut replaced = 0;
+        for (name, kind) in CGROUP_PROGRAMS {
+            let attach = || kind.attach(&ebpf, name, &cgroup, path);
+            let link = match &pins {
+                None => attach()?,
+                Some(pins) => {
+                    let (link, how) =
+                        pins.attach(&ebpf, name, kind.attach_type(name)?, cgroup_id, attach)?;
+                    if let Attached::Replaced { old_prog_id } = how {
+                        tracing::debug!(
+                            program = name,
+                            old_prog_id,
+                            "pinned link now runs the new program"
+                        );
+                        replaced += 1;
+                    }
+                    link
+                }
+            };
+            links.push(link);
         }
-        tracing::info!(cgroup = %path.display(), "eBPF redirection attached");
-
-        Ok(Self {
+        if let Some(pins) = &pins {
+            pins.record_cgroup(path)?;
+        }
+        let mut redirector = Self {
             ebpf,
+            _links: links,
+            inherited: HashSet::new(),
+            object,
             namespaces: HashMap::new(),
             cgroup: cfg.cgroup.clone(),
             mark: cfg.mark,
             log_level: cfg.log_level,
             _logs: logs,
-        })
+            pins,
+        };
+        if redirector.pins.is_some() {
+            redirector.inherited = redirector.enrolled_cookies()?;
+        }
+        tracing::info!(
+            cgroup = %path.display(),
+            pin_dir = ?cfg.pin_dir,
+            object = %redirector.object,
+            links_taken_over = replaced,
+            namespaces_inherited = redirector.inherited.len(),
+            "eBPF redirection attached"
+        );
+        Ok(redirector)
     }
 
     /// Enrolls a pod network namespace: loads a copy of the object for it, puts `inbound` (the
@@ -205,8 +310,14 @@ impl Redirector {
                 false
             }
             None => {
-                let namespace =
-                    sk_lookup::Namespace::load(cookie, netns, inbound, self.mark, self.log_level)?;
+                let namespace = sk_lookup::Namespace::load(
+                    cookie,
+                    netns,
+                    inbound,
+                    self.mark,
+                    self.log_level,
+                    &self.object,
+                )?;
                 self.namespaces.insert(cookie, namespace);
                 true
             }
@@ -226,6 +337,7 @@ impl Redirector {
             }
             return Err(err);
         }
+        self.inherited.remove(&cookie);
         if new {
             tracing::debug!(cookie, "network namespace enrolled");
         }
@@ -240,6 +352,7 @@ impl Redirector {
     /// If the `ENROLLED` map cannot be updated; the sk_lookup copy is dropped anyway.
     pub fn unenroll(&mut self, cookie: u64) -> Result<(), RedirectError> {
         let known = self.namespaces.remove(&cookie).is_some();
+        self.inherited.remove(&cookie);
         let mut enrolled = self.enrolled()?;
         match enrolled.remove(&cookie) {
             Ok(()) => {}
@@ -256,6 +369,39 @@ impl Redirector {
             tracing::debug!(cookie, "network namespace unenrolled");
         }
         Ok(())
+    }
+
+    /// Removes from `ENROLLED` the namespaces that an earlier agent left there (found in the
+    /// pinned map at load) and that have not been enrolled again since: their pods are gone,
+    /// or no longer served here, and their captured connections would find no listener. Call
+    /// it once, after enrolling the pods this agent serves. Logs and returns the cookies
+    /// removed.
+    ///
+    /// # Errors
+    /// If the `ENROLLED` map cannot be updated; the cookies not yet removed are kept for a
+    /// later call.
+    pub fn remove_stale(&mut self) -> Result<Vec<u64>, RedirectError> {
+        let mut stale: Vec<u64> = self.inherited.iter().copied().collect();
+        stale.sort_unstable();
+        for &cookie in &stale {
+            match self.enrolled()?.remove(&cookie) {
+                Ok(()) => {}
+                Err(err) if error::is_not_found(&err) => {}
+                Err(err) => {
+                    return Err(RedirectError::map(
+                        maps::ENROLLED,
+                        format!("removing the stale netns cookie {cookie}"),
+                        err,
+                    ));
+                }
+            }
+            self.inherited.remove(&cookie);
+            tracing::info!(
+                cookie,
+                "removed a namespace that an earlier agent enrolled and this one does not serve"
+            );
+        }
+        Ok(stale)
     }
 
     /// A shareable reader of the original destinations (see [`OrigDstLookup`]). Call once.
@@ -276,7 +422,7 @@ impl Redirector {
                 err,
             )
         })?;
-        Ok(OrigDstLookup(Arc::new(map)))
+        Ok(OrigDstLookup::new(map))
     }
 
     /// Sets the programs' aya-log level at run time (0 off ..= 5 trace), in the main object and
@@ -293,6 +439,14 @@ impl Redirector {
             namespace.set_log_level(level)?;
         }
         Ok(())
+    }
+
+    /// The keys of `ENROLLED`.
+    fn enrolled_cookies(&mut self) -> Result<HashSet<u64>, RedirectError> {
+        self.enrolled()?
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|err| RedirectError::map(maps::ENROLLED, "listing the netns cookies", err))
     }
 
     /// The `ENROLLED` map of the main object.
@@ -317,14 +471,11 @@ impl fmt::Debug for Redirector {
             .field("cgroup", &self.cgroup)
             .field("mark", &self.mark)
             .field("log_level", &self.log_level)
+            .field("pin_dir", &self.pins.as_ref().map(PinDir::path))
+            .field("object", &self.object)
             .field("enrolled", &enrolled)
             .finish_non_exhaustive()
     }
-}
-
-/// The embedded eBPF object (built by `build.rs`).
-fn object() -> &'static [u8] {
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-redirect.o"))
 }
 
 /// The program `name` of `ebpf` as its kind `T`.
@@ -357,6 +508,8 @@ mod tests {
             cgroup: missing.clone(),
             mark: mesh_common::DEFAULT_PACKET_MARK,
             log_level: 0,
+            pin_dir: None,
+            object: None,
         })
         .expect_err("a missing cgroup folder must fail");
         assert!(
@@ -377,9 +530,30 @@ mod tests {
         assert!(config_map::check_log_level(5).is_ok());
     }
 
+    #[tokio::test]
+    async fn a_corrupt_object_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let corrupt = dir.path().join("corrupt-object.o");
+        std::fs::write(&corrupt, b"\x7fELF but nothing else").unwrap();
+        let err = Redirector::load(&RedirectConfig {
+            // Any folder opens; the object is read before anything is attached.
+            cgroup: dir.path().to_owned(),
+            mark: mesh_common::DEFAULT_PACKET_MARK,
+            log_level: 0,
+            pin_dir: None,
+            object: Some(corrupt.clone()),
+        })
+        .expect_err("a corrupt object must fail");
+        assert!(
+            matches!(&err, RedirectError::NotAnObject { path, .. } if *path == corrupt),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("corrupt-object.o"), "{err}");
+    }
+
     #[test]
     fn embedded_object_is_an_ebpf_elf() {
-        let object = object();
+        let object = object::embedded();
         assert_eq!(&object[..4], b"\x7fELF");
         // EM_BPF (247) in e_machine.
         assert_eq!(u16::from_le_bytes([object[18], object[19]]), 247);

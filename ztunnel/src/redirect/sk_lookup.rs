@@ -6,6 +6,11 @@
 //! namespaces apart: each enrolled namespace gets its own copy of the object ([`Namespace`]),
 //! with its own `INBOUND_LISTENER` and `CONFIG`, the maps it does not use shrunk to one entry.
 //!
+//! Unlike the cgroup programs, these are never pinned: a copy's link and its
+//! `INBOUND_LISTENER` (which holds the agent's listener) end with the agent, so no copy can
+//! outlive it and steer connections to a listener that is gone. A restarted agent attaches a
+//! new copy when it enrolls the namespace again.
+//!
 //! # Minimum kernel version
 //!
 //! 5.9.
@@ -19,7 +24,7 @@ use aya::{
 };
 use mesh_common::{INBOUND_LISTENER_SLOT_V4, INBOUND_LISTENER_SLOT_V6, maps, programs};
 
-use super::{RedirectError, config_map, logs::LogReader, object, program_mut};
+use super::{RedirectError, config_map, logs::LogReader, object::Object, program_mut};
 
 /// Byte size of each copy's `AYA_LOGS` ring buffer (a page; the main object keeps the
 /// 128 KiB the eBPF side declares). `mesh_sk_lookup` logs one short record per steering.
@@ -35,7 +40,7 @@ pub(super) struct Namespace {
 }
 
 impl Namespace {
-    /// Loads a copy of the object for the namespace `netns` (cookie `cookie`), writes its
+    /// Loads a copy of `object` for the namespace `netns` (cookie `cookie`), writes its
     /// `CONFIG`, puts `inbound` in its `INBOUND_LISTENER` and attaches `mesh_sk_lookup` to the
     /// namespace. Needs a tokio runtime (for the log reader).
     pub(super) fn load(
@@ -44,6 +49,7 @@ impl Namespace {
         inbound: &TcpListener,
         mark: u32,
         log_level: u32,
+        object: &Object,
     ) -> Result<Self, RedirectError> {
         let copy = format!("sk_lookup copy for netns cookie {cookie}");
         let mut ebpf = EbpfLoader::new()
@@ -51,8 +57,9 @@ impl Namespace {
             .map_max_entries(maps::ORIG_DST_BY_COOKIE, 1)
             .map_max_entries(maps::ORIG_DST_BY_TUPLE, 1)
             .map_max_entries(maps::AYA_LOGS, LOG_RING_BYTES)
-            .load(object())
+            .load(object.bytes())
             .map_err(|source| RedirectError::Object {
+                object: object.to_string(),
                 copy: copy.clone(),
                 source: Box::new(source),
             })?;

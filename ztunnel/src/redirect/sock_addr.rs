@@ -9,12 +9,18 @@
 
 use std::{fs::File, path::Path};
 
-use aya::{
-    Ebpf,
-    programs::{CgroupAttachMode, CgroupSockAddr, cgroup_sock_addr::CgroupSockAddrLinkId},
-};
+use aya::{Ebpf, programs::CgroupSockAddr};
 
-use super::{RedirectError, program_mut};
+use mesh_common::programs;
+
+use super::{
+    RedirectError,
+    cgroup_link::{
+        BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET4_GETPEERNAME, BPF_CGROUP_INET6_CONNECT,
+        BPF_CGROUP_INET6_GETPEERNAME, CgroupLink,
+    },
+    program_mut,
+};
 
 /// Loads the `CgroupSockAddr` program `name` into the kernel.
 pub(super) fn load(ebpf: &mut Ebpf, name: &'static str) -> Result<(), RedirectError> {
@@ -23,17 +29,24 @@ pub(super) fn load(ebpf: &mut Ebpf, name: &'static str) -> Result<(), RedirectEr
         .map_err(|err| RedirectError::program(name, "loading", err))
 }
 
-/// Attaches the loaded program `name` to the cgroup `cgroup` (open at `path`). The link is owned
-/// by `ebpf`: dropping it detaches the program.
+/// The attach type of the program `name`: `connect4/6` or `getpeername4/6`.
+pub(super) fn attach_type(name: &'static str) -> Result<u32, RedirectError> {
+    match name {
+        programs::CONNECT4 => Ok(BPF_CGROUP_INET4_CONNECT),
+        programs::CONNECT6 => Ok(BPF_CGROUP_INET6_CONNECT),
+        programs::GETPEERNAME4 => Ok(BPF_CGROUP_INET4_GETPEERNAME),
+        programs::GETPEERNAME6 => Ok(BPF_CGROUP_INET6_GETPEERNAME),
+        _ => Err(RedirectError::MissingProgram { program: name }),
+    }
+}
+
+/// Attaches the loaded program `name` to the cgroup `cgroup` (open at `path`) through a
+/// `bpf_link`. Dropping the link detaches the program unless the link is pinned.
 pub(super) fn attach(
-    ebpf: &mut Ebpf,
+    ebpf: &Ebpf,
     name: &'static str,
     cgroup: &File,
     path: &Path,
-) -> Result<CgroupSockAddrLinkId, RedirectError> {
-    program_mut::<CgroupSockAddr>(ebpf, name)?
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|err| {
-            RedirectError::program(name, format!("attaching to cgroup {}", path.display()), err)
-        })
+) -> Result<CgroupLink, RedirectError> {
+    CgroupLink::attach(ebpf, name, attach_type(name)?, cgroup, path)
 }

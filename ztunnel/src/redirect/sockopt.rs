@@ -9,12 +9,14 @@
 
 use std::{fs::File, path::Path};
 
-use aya::{
-    Ebpf,
-    programs::{CgroupAttachMode, CgroupSockopt, cgroup_sockopt::CgroupSockoptLinkId},
-};
+use aya::{Ebpf, programs::CgroupSockopt};
+use mesh_common::programs;
 
-use super::{RedirectError, program_mut};
+use super::{
+    RedirectError,
+    cgroup_link::{BPF_CGROUP_GETSOCKOPT, CgroupLink},
+    program_mut,
+};
 
 /// Loads the `CgroupSockopt` program `name` into the kernel.
 pub(super) fn load(ebpf: &mut Ebpf, name: &'static str) -> Result<(), RedirectError> {
@@ -23,17 +25,21 @@ pub(super) fn load(ebpf: &mut Ebpf, name: &'static str) -> Result<(), RedirectEr
         .map_err(|err| RedirectError::program(name, "loading", err))
 }
 
-/// Attaches the loaded program `name` to the cgroup `cgroup` (open at `path`). The link is owned
-/// by `ebpf`: dropping it detaches the program.
+/// The attach type of the program `name` (`BPF_CGROUP_GETSOCKOPT`).
+pub(super) fn attach_type(name: &'static str) -> Result<u32, RedirectError> {
+    match name {
+        programs::GETSOCKOPT => Ok(BPF_CGROUP_GETSOCKOPT),
+        _ => Err(RedirectError::MissingProgram { program: name }),
+    }
+}
+
+/// Attaches the loaded program `name` to the cgroup `cgroup` (open at `path`) through a
+/// `bpf_link`. Dropping the link detaches the program unless the link is pinned.
 pub(super) fn attach(
-    ebpf: &mut Ebpf,
+    ebpf: &Ebpf,
     name: &'static str,
     cgroup: &File,
     path: &Path,
-) -> Result<CgroupSockoptLinkId, RedirectError> {
-    program_mut::<CgroupSockopt>(ebpf, name)?
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|err| {
-            RedirectError::program(name, format!("attaching to cgroup {}", path.display()), err)
-        })
+) -> Result<CgroupLink, RedirectError> {
+    CgroupLink::attach(ebpf, name, attach_type(name)?, cgroup, path)
 }
