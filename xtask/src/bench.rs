@@ -266,26 +266,37 @@ fn percentile(v: &[f64], p: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Microseconds a `connect()` (+ close) takes from an unenrolled pod to a listener, with the
-/// hooks watching (in the cgroup) minus without: what the connect hook costs a connection it
-/// does not redirect.
-fn connect_hook_cost(c: &Cluster, scene: &Scene, n: usize) -> anyhow::Result<f64> {
-    let other = &c.pod("other");
-    let dst = c.pod("twin").addr(ECHO_PORT);
-    let mut per = [0.0f64; 2];
-    for (i, path) in [Path::Direct, Path::Mesh].into_iter().enumerate() {
-        scene.select(path)?;
-        let start = Instant::now();
-        other.ns.run(|| -> std::io::Result<()> {
-            for _ in 0..n {
-                drop(TcpStream::connect(dst)?);
-            }
-            Ok(())
-        })?;
-        per[i] = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+/// Microseconds a `connect()` (+ close) takes from an unenrolled pod to a listener on its own
+/// (non-loopback) address, with the hooks watching (the bench process in the cgroup) minus
+/// without: what the connect hook costs a connection it does not redirect. Medians of
+/// alternating batches.
+fn connect_hook_cost(c: &Cluster, scene: &Scene, batches: usize, n: usize) -> anyhow::Result<f64> {
+    let other = c.pod("other");
+    let dst = other.addr(9999);
+    let listener = other.ns.run(|| TcpListener::bind(dst))?;
+    std::thread::spawn(move || {
+        // Accept and drop: the cost measured is the client's connect().
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let mut per: [Vec<f64>; 2] = Default::default();
+    for _ in 0..batches {
+        for (i, path) in [Path::Direct, Path::Mesh].into_iter().enumerate() {
+            scene.select(path)?;
+            let start = Instant::now();
+            other.ns.run(|| -> std::io::Result<()> {
+                for _ in 0..n {
+                    drop(TcpStream::connect(dst)?);
+                }
+                Ok(())
+            })?;
+            per[i].push(start.elapsed().as_secs_f64() * 1e6 / n as f64);
+        }
     }
     scene.select(Path::Direct)?;
-    Ok(per[1] - per[0])
+    let [without, with] = per;
+    Ok(median(with) - median(without))
 }
 
 fn start_servers(ns: &NetNs, ip: std::net::IpAddr) -> anyhow::Result<()> {
@@ -373,7 +384,7 @@ fn measure(sc: &Scene, mode: &str, rounds: usize) -> anyhow::Result<()> {
         .map(|pid| (rss_mib(pid, "VmRSS:"), rss_mib(pid, "VmHWM:")))
         .collect();
     let hook = match sc {
-        Scene::Shared { c, .. } => Some(connect_hook_cost(c, sc, 2000)?),
+        Scene::Shared { c, .. } => Some(connect_hook_cost(c, sc, 7, 300)?),
         Scene::Dedicated { .. } => None,
     };
 
