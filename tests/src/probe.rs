@@ -82,6 +82,35 @@ pub fn http_get(ns: &NetNs, addr: SocketAddr, path: &str) -> io::Result<(u16, St
     Ok((status, body))
 }
 
+/// Accepts on `addr` inside `ns` until the returned registration is dropped, handing each
+/// connection (with the listener's and the peer's address) to `handler` on its own thread.
+fn serve(
+    ns: &NetNs,
+    addr: SocketAddr,
+    handler: fn(TcpStream, SocketAddr, SocketAddr),
+) -> io::Result<Registration> {
+    let listener = ns.run(|| TcpListener::bind(addr))?;
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    std::thread::spawn(move || handler(stream, addr, peer));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    Ok(cleanup::register(move || {
+        stop.store(true, Ordering::Relaxed)
+    }))
+}
+
 /// A TCP echo server inside a namespace, stopped on drop.
 pub struct EchoServer {
     pub addr: SocketAddr,
@@ -90,26 +119,9 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start(ns: &NetNs, addr: SocketAddr) -> io::Result<Self> {
-        let listener = ns.run(|| TcpListener::bind(addr))?;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        std::thread::spawn(move || echo(stream));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
         Ok(EchoServer {
             addr,
-            _stop: cleanup::register(move || stop.store(true, Ordering::Relaxed)),
+            _stop: serve(ns, addr, |stream, _, _| echo(stream))?,
         })
     }
 }
@@ -144,26 +156,9 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start(ns: &NetNs, addr: SocketAddr) -> io::Result<Self> {
-        let listener = ns.run(|| TcpListener::bind(addr))?;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, peer)) => {
-                        std::thread::spawn(move || answer(stream, addr, peer));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
         Ok(HttpServer {
             addr,
-            _stop: cleanup::register(move || stop.store(true, Ordering::Relaxed)),
+            _stop: serve(ns, addr, answer)?,
         })
     }
 }
