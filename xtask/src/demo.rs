@@ -47,8 +47,10 @@ fn print_connections(title: &str, metrics: &str) {
         let l = labels(line);
         let get = |k: &str| l.get(k).cloned().unwrap_or_default();
         println!(
-            "    {} -> {} via service {} ({}, flags {}): {} closed, {} request bytes, {} response bytes",
+            "    {} ({}) -> {} ({}) via service {}, {}, flags {}: {} closed, {} request bytes, {} response bytes",
+            get("source_workload"),
             get("source_principal"),
+            get("destination_workload"),
             get("destination_principal"),
             get("destination_service"),
             get("connection_security_policy"),
