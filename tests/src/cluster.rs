@@ -418,7 +418,7 @@ impl Cluster {
             .env("EBPF_CGROUP", &self.cgroup.path)
             .env("EBPF_PIN_DIR", self.pin_dir(i))
             .env_remove("EBPF_OBJECT")
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info,mesh_redirect=debug");
         cmd
     }
 

@@ -515,3 +515,36 @@ fn elf_section(elf: &[u8], name: &str) -> Option<(usize, usize)> {
         (&elf[start..end] == name.as_bytes()).then(|| (u64_at(h + 24), u64_at(h + 32)))
     })
 }
+
+#[test]
+fn ebpf_diagnostics_are_off_by_default_and_switch_on_at_run_time() {
+    let c = cluster();
+    let (client, server) = (c.pod("client"), c.pod("server"));
+    let _web = HttpServer::start(&server.ns, server.addr(8080)).unwrap();
+    let a1 = c.start_agent(0).unwrap();
+    let _a2 = c.start_agent(1).unwrap();
+    let url = format!("http://{}/", server.addr(8080));
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], 15000));
+
+    assert_eq!(c.curl(client, &[&url]).unwrap().0, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !a1.process.log().contains("mesh_redirect"),
+        "eBPF records while off:\n{}",
+        a1.process.log()
+    );
+
+    let (status, body) =
+        mesh_tests::probe::http_get(&c.nodes[0].ns, admin, "/ebpf/log_level?level=4").unwrap();
+    assert_eq!((status, body.trim()), (200, "ebpf log level 4"));
+    assert_eq!(c.curl(client, &[&url]).unwrap().0, 0);
+    eventually(
+        Duration::from_secs(5),
+        "the programs' records in the agent's log",
+        || a1.process.log().contains("mesh_redirect").then_some(()),
+    );
+
+    let (status, _) =
+        mesh_tests::probe::http_get(&c.nodes[0].ns, admin, "/ebpf/log_level?level=9").unwrap();
+    assert_eq!(status, 400);
+}

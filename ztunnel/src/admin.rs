@@ -96,9 +96,52 @@ fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
-/// `/config_dump` on the admin port: what the agent knows and the certificates it holds.
-pub fn admin_handler(inputs: Arc<ProxyInputs>) -> Handler {
+/// `/ebpf/log_level[?level=N]`: shows, or sets (0 off to 5 trace), the eBPF programs'
+/// diagnostics level at run time (shared mode).
+fn ebpf_log_level(
+    req: &Request<hyper::body::Incoming>,
+    level: Option<&tokio::sync::watch::Sender<u32>>,
+) -> Response<Full<Bytes>> {
+    let Some(level) = level else {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "no eBPF programs in dedicated mode\n",
+        );
+    };
+    let asked = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("level=")));
+    if let Some(v) = asked {
+        match v.parse::<u32>() {
+            Ok(n) if n <= 5 => {
+                level.send_replace(n);
+            }
+            _ => {
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    format!("level `{v}`: expected 0 (off) to 5 (trace)\n"),
+                );
+            }
+        }
+    }
+    respond(
+        StatusCode::OK,
+        "text/plain",
+        format!("ebpf log level {}\n", *level.borrow()),
+    )
+}
+
+/// `/config_dump` on the admin port: what the agent knows and the certificates it holds; and
+/// `/ebpf/log_level`.
+pub fn admin_handler(
+    inputs: Arc<ProxyInputs>,
+    ebpf_level: Option<tokio::sync::watch::Sender<u32>>,
+) -> Handler {
     Arc::new(move |req| match req.uri().path() {
+        "/ebpf/log_level" => ebpf_log_level(req, ebpf_level.as_ref()),
         "/config_dump" => {
             let state = inputs.state.snapshot();
             let certs: Vec<_> = inputs

@@ -48,6 +48,7 @@ impl Agent {
 
         let l = &cfg.listeners;
         let (drain, drain_rx) = tokio::sync::watch::channel(false);
+        let (ebpf_log_level, ebpf_log_level_rx) = tokio::sync::watch::channel(cfg.ebpf_log_level);
         let mut tasks = JoinSet::new();
         match cfg.proxy_mode {
             ProxyMode::Dedicated => {
@@ -97,7 +98,7 @@ impl Agent {
                 })?;
                 let pods =
                     Pods::new(inputs.clone(), redirector).context("reading the eBPF maps")?;
-                tasks.spawn(pods.run(drain_rx.clone()));
+                tasks.spawn(pods.run(drain_rx.clone(), ebpf_log_level_rx));
             }
         }
         let admin_l = proxy::bind("admin", l.admin).await?;
@@ -108,7 +109,10 @@ impl Agent {
             "admin",
             admin_l,
             drain_rx.clone(),
-            admin::admin_handler(inputs.clone()),
+            admin::admin_handler(
+                inputs.clone(),
+                (cfg.proxy_mode == ProxyMode::Shared).then_some(ebpf_log_level),
+            ),
         ));
         tasks.spawn(admin::serve(
             "metrics",

@@ -227,10 +227,6 @@ impl ConnectionRecord {
         }
     }
 
-    pub fn info(&self) -> &ConnectionInfo {
-        &self.info
-    }
-
     /// Records how the connection ended; the record is written when dropped.
     pub fn finish(mut self, outcome: Outcome) {
         self.outcome = Some(outcome);

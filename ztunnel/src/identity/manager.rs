@@ -54,11 +54,6 @@ impl CertManager {
         self.lock().values().map(|c| c.refresh_at()).min()
     }
 
-    /// Drops the certificates of identities no longer in use.
-    pub fn retain(&self, keep: impl Fn(&Identity) -> bool) {
-        self.lock().retain(|id, _| keep(id));
-    }
-
     /// A snapshot of the held certificates, for `/config_dump`.
     pub fn snapshot(&self) -> Vec<Arc<WorkloadCert>> {
         let mut v: Vec<_> = self.lock().values().cloned().collect();

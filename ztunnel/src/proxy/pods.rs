@@ -54,7 +54,12 @@ impl Pods {
 
     /// Keeps the enrolled pods in line with the state until `drain` fires; also notices
     /// namespaces that disappear.
-    pub async fn run(mut self, mut drain: watch::Receiver<bool>) {
+    /// `log_level` switches the programs' diagnostics at run time.
+    pub async fn run(
+        mut self,
+        mut drain: watch::Receiver<bool>,
+        mut log_level: watch::Receiver<u32>,
+    ) {
         let mut changes = self.base.state.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         self.reconcile();
@@ -67,6 +72,13 @@ impl Pods {
                 _ = changes.changed() => {}
                 _ = tick.tick() => {}
                 _ = drain.changed() => break,
+                Ok(()) = log_level.changed() => {
+                    let level = *log_level.borrow_and_update();
+                    match self.redirector.set_log_level(level) {
+                        Ok(()) => tracing::info!(level, "eBPF log level set"),
+                        Err(e) => tracing::error!(error = %e, "setting the eBPF log level"),
+                    }
+                }
             }
             self.reconcile();
         }
