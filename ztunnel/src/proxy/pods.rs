@@ -82,8 +82,15 @@ impl Pods {
             }
             self.reconcile();
         }
-        for (_, pod) in self.pods.drain() {
+        // Draining: stop accepting in every pod, then wait for the pods' open connections
+        // (each holds a receiver of its pod's channel). The agent's drain timeout bounds this,
+        // since `drain` is held until we return.
+        let pods: Vec<EnrolledPod> = self.pods.drain().map(|(_, p)| p).collect();
+        for pod in &pods {
             let _ = pod.stop.send(true);
+        }
+        for pod in &pods {
+            pod.stop.closed().await;
         }
     }
 
