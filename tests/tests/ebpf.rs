@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
 
 use mesh_tests::cluster::{
-    AttachedProgram, Cluster, bpftool, cgroup_programs, map_entries, sk_lookup_links,
+    AttachedProgram, Cluster, NodeAgent, bpftool, cgroup_programs, map_entries, sk_lookup_links,
 };
 use mesh_tests::probe::{Capture, HttpServer};
 use mesh_tests::topology::metric;
@@ -25,6 +25,15 @@ fn cluster() -> Cluster {
         ],
     )
     .unwrap()
+}
+
+/// An HTTP server on the server pod's 8080, both node agents, and the server's URL.
+fn serving(c: &Cluster) -> (HttpServer, NodeAgent, NodeAgent, String) {
+    let server = c.pod("server");
+    let web = HttpServer::start(&server.ns, server.addr(8080)).unwrap();
+    let a1 = c.start_agent(0).unwrap();
+    let a2 = c.start_agent(1).unwrap();
+    (web, a1, a2, format!("http://{}/", server.addr(8080)))
 }
 
 #[test]
@@ -171,11 +180,8 @@ fn a_pod_whose_namespace_is_missing_is_reported_and_the_others_are_served() {
 #[test]
 fn a_restarted_agent_serves_again_within_a_second() {
     let c = cluster();
-    let (client, server) = (c.pod("client"), c.pod("server"));
-    let _web = HttpServer::start(&server.ns, server.addr(8080)).unwrap();
-    let a1 = c.start_agent(0).unwrap();
-    let _a2 = c.start_agent(1).unwrap();
-    let url = format!("http://{}/", server.addr(8080));
+    let client = c.pod("client");
+    let (_web, a1, _a2, url) = serving(&c);
     assert_eq!(c.curl(client, &[&url]).unwrap().0, 0);
 
     a1.process.stop(Duration::from_secs(5));
@@ -317,11 +323,8 @@ fn a_killed_agent_leaves_the_redirection_pinned_and_its_successor_takes_it_over(
 #[test]
 fn uninstall_removes_everything_the_agents_attached_and_pinned() {
     let c = cluster();
-    let (client, server) = (c.pod("client"), c.pod("server"));
-    let _web = HttpServer::start(&server.ns, server.addr(8080)).unwrap();
-    let a1 = c.start_agent(0).unwrap();
-    let a2 = c.start_agent(1).unwrap();
-    let url = format!("http://{}/", server.addr(8080));
+    let client = c.pod("client");
+    let (_web, a1, a2, url) = serving(&c);
     assert_eq!(c.curl(client, &[&url]).unwrap().0, 0);
     // Both agents attach to the test cgroup.
     let programs = cgroup_programs(&c.cgroup.path).unwrap();
@@ -385,11 +388,8 @@ fn a_pod_namespace_deleted_while_enrolled_is_reported_and_the_others_are_served(
         ],
     )
     .unwrap();
-    let (client, doomed, server) = (c.pod("client"), c.pod("doomed"), c.pod("server"));
-    let _web = HttpServer::start(&server.ns, server.addr(8080)).unwrap();
-    let a1 = c.start_agent(0).unwrap();
-    let _a2 = c.start_agent(1).unwrap();
-    let url = format!("http://{}/", server.addr(8080));
+    let (client, doomed) = (c.pod("client"), c.pod("doomed"));
+    let (_web, a1, _a2, url) = serving(&c);
     assert_eq!(c.curl(client, &[&url]).unwrap().0, 0);
     let enrolled = c.pin_dir(0).join("maps").join("ENROLLED");
     assert_eq!(map_entries(&enrolled).unwrap().0, 2);
@@ -519,11 +519,8 @@ fn elf_section(elf: &[u8], name: &str) -> Option<(usize, usize)> {
 #[test]
 fn ebpf_diagnostics_are_off_by_default_and_switch_on_at_run_time() {
     let c = cluster();
-    let (client, server) = (c.pod("client"), c.pod("server"));
-    let _web = HttpServer::start(&server.ns, server.addr(8080)).unwrap();
-    let a1 = c.start_agent(0).unwrap();
-    let _a2 = c.start_agent(1).unwrap();
-    let url = format!("http://{}/", server.addr(8080));
+    let client = c.pod("client");
+    let (_web, a1, _a2, url) = serving(&c);
     let admin = std::net::SocketAddr::from(([127, 0, 0, 1], 15000));
 
     assert_eq!(c.curl(client, &[&url]).unwrap().0, 0);

@@ -148,11 +148,7 @@ impl CgroupKind {
         cgroup: &File,
         path: &Path,
     ) -> Result<CgroupLink, RedirectError> {
-        match self {
-            Self::SockOps => sock_ops::attach(ebpf, name, cgroup, path),
-            Self::Sockopt => sockopt::attach(ebpf, name, cgroup, path),
-            Self::SockAddr => sock_addr::attach(ebpf, name, cgroup, path),
-        }
+        CgroupLink::attach(ebpf, name, self.attach_type(name)?, cgroup, path)
     }
 }
 

@@ -7,8 +7,6 @@
 //! 5.8, for `cgroup/getpeername4/6`. (`cgroup/connect4/6` alone: 4.17; `bpf_get_netns_cookie`
 //! in them and attaching through a `bpf_link`: 5.7.)
 
-use std::{fs::File, path::Path};
-
 use aya::{Ebpf, programs::CgroupSockAddr};
 
 use mesh_common::programs;
@@ -17,7 +15,7 @@ use super::{
     RedirectError,
     cgroup_link::{
         BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET4_GETPEERNAME, BPF_CGROUP_INET6_CONNECT,
-        BPF_CGROUP_INET6_GETPEERNAME, CgroupLink,
+        BPF_CGROUP_INET6_GETPEERNAME,
     },
     program_mut,
 };
@@ -38,15 +36,4 @@ pub(super) fn attach_type(name: &'static str) -> Result<u32, RedirectError> {
         programs::GETPEERNAME6 => Ok(BPF_CGROUP_INET6_GETPEERNAME),
         _ => Err(RedirectError::MissingProgram { program: name }),
     }
-}
-
-/// Attaches the loaded program `name` to the cgroup `cgroup` (open at `path`) through a
-/// `bpf_link`. Dropping the link detaches the program unless the link is pinned.
-pub(super) fn attach(
-    ebpf: &Ebpf,
-    name: &'static str,
-    cgroup: &File,
-    path: &Path,
-) -> Result<CgroupLink, RedirectError> {
-    CgroupLink::attach(ebpf, name, attach_type(name)?, cgroup, path)
 }

@@ -7,16 +7,10 @@
 //! 5.15, for `bpf_get_netns_cookie` in `sock_ops` programs (`sock_ops` itself: 4.13; attaching
 //! through a `bpf_link`: 5.7). This is the highest minimum of the whole object.
 
-use std::{fs::File, path::Path};
-
 use aya::{Ebpf, programs::SockOps};
 use mesh_common::programs;
 
-use super::{
-    RedirectError,
-    cgroup_link::{BPF_CGROUP_SOCK_OPS, CgroupLink},
-    program_mut,
-};
+use super::{RedirectError, cgroup_link::BPF_CGROUP_SOCK_OPS, program_mut};
 
 /// Loads the `SockOps` program `name` into the kernel.
 pub(super) fn load(ebpf: &mut Ebpf, name: &'static str) -> Result<(), RedirectError> {
@@ -31,15 +25,4 @@ pub(super) fn attach_type(name: &'static str) -> Result<u32, RedirectError> {
         programs::SOCKOPS => Ok(BPF_CGROUP_SOCK_OPS),
         _ => Err(RedirectError::MissingProgram { program: name }),
     }
-}
-
-/// Attaches the loaded program `name` to the cgroup `cgroup` (open at `path`) through a
-/// `bpf_link`. Dropping the link detaches the program unless the link is pinned.
-pub(super) fn attach(
-    ebpf: &Ebpf,
-    name: &'static str,
-    cgroup: &File,
-    path: &Path,
-) -> Result<CgroupLink, RedirectError> {
-    CgroupLink::attach(ebpf, name, attach_type(name)?, cgroup, path)
 }

@@ -7,16 +7,10 @@
 //! 5.3 for `cgroup/getsockopt` itself; `bpf_get_netns_cookie` in it came later (before 5.15,
 //! which `mesh_sockops` needs anyway). Attaching through a `bpf_link`: 5.7.
 
-use std::{fs::File, path::Path};
-
 use aya::{Ebpf, programs::CgroupSockopt};
 use mesh_common::programs;
 
-use super::{
-    RedirectError,
-    cgroup_link::{BPF_CGROUP_GETSOCKOPT, CgroupLink},
-    program_mut,
-};
+use super::{RedirectError, cgroup_link::BPF_CGROUP_GETSOCKOPT, program_mut};
 
 /// Loads the `CgroupSockopt` program `name` into the kernel.
 pub(super) fn load(ebpf: &mut Ebpf, name: &'static str) -> Result<(), RedirectError> {
@@ -31,15 +25,4 @@ pub(super) fn attach_type(name: &'static str) -> Result<u32, RedirectError> {
         programs::GETSOCKOPT => Ok(BPF_CGROUP_GETSOCKOPT),
         _ => Err(RedirectError::MissingProgram { program: name }),
     }
-}
-
-/// Attaches the loaded program `name` to the cgroup `cgroup` (open at `path`) through a
-/// `bpf_link`. Dropping the link detaches the program unless the link is pinned.
-pub(super) fn attach(
-    ebpf: &Ebpf,
-    name: &'static str,
-    cgroup: &File,
-    path: &Path,
-) -> Result<CgroupLink, RedirectError> {
-    CgroupLink::attach(ebpf, name, attach_type(name)?, cgroup, path)
 }
