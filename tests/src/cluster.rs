@@ -380,14 +380,25 @@ impl Cluster {
     /// Istio's local file: every pod a workload (enrolled ones HBONE with their `netns`),
     /// plus `extra` YAML.
     pub fn write_config(&self, extra: &str) -> anyhow::Result<()> {
+        self.write_config_with(&[], extra)
+    }
+
+    /// As [`Cluster::write_config`], with the pods named in `waypoints` written as waypoints
+    /// are: speaking HBONE themselves, not enrolled.
+    pub fn write_config_with(&self, waypoints: &[&str], extra: &str) -> anyhow::Result<()> {
         let mut y = String::from("workloads:\n");
         for p in &self.pods {
+            let waypoint = waypoints.contains(&p.name.as_str());
             writeln!(
                 y,
                 "- uid: Kubernetes//v1/Pod/default/{name}\n  name: {name}\n  namespace: default\n  serviceAccount: {name}\n  workloadIps: [\"{ip}\"]\n  protocol: {proto}\n  node: {node}\n  services: {{}}",
                 name = p.name,
                 ip = p.ip,
-                proto = if p.enrolled { "HBONE" } else { "TCP" },
+                proto = if p.enrolled || waypoint {
+                    "HBONE"
+                } else {
+                    "TCP"
+                },
                 node = self.nodes[p.node].name,
             )?;
             if p.enrolled {
@@ -469,6 +480,36 @@ impl Cluster {
             process.log()
         );
         Ok(NodeAgent { process })
+    }
+
+    /// Starts the waypoint proxy in `pod`'s namespace with the rules of `config_dir`, as
+    /// the Gateway `waypoint`, and waits until it is ready.
+    pub fn start_waypoint(&self, pod: &ClusterPod, config_dir: &Path) -> anyhow::Result<Process> {
+        let bin = self.ztunnel.with_file_name("waypoint");
+        anyhow::ensure!(bin.exists(), "{} not found: build it first", bin.display());
+        let mut cmd = pod.ns.command(&bin);
+        cmd.arg("run")
+            .env("WAYPOINT_CONFIG_DIR", config_dir)
+            .env("LOCAL_XDS_PATH", self.config_path())
+            .env("LOCAL_CA_DIR", &self.ca_dir)
+            .env(
+                "PROXY_WORKLOAD_INFO",
+                format!("default/{}/{}", pod.name, pod.name),
+            )
+            .env("WAYPOINT_NAME", "waypoint")
+            .env("RUST_LOG", "info");
+        let log = self.dir.join(format!("waypoint-{}.log", pod.name));
+        let process = Process::spawn(cmd, &log)?;
+        process.wait_ready(&pod.ns, &format!("waypoint in {}", pod.name))?;
+        Ok(process)
+    }
+
+    /// `/metrics` of whatever listens on 15020 in `ns` (an agent's node, a waypoint's pod).
+    pub fn metrics_in(ns: &NetNs) -> anyhow::Result<String> {
+        let (status, body) =
+            probe::http_get(ns, SocketAddr::from(([127, 0, 0, 1], 15020)), "/metrics")?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}");
+        Ok(body)
     }
 
     /// A command run inside `pod`'s namespace and in the test cgroup, as a pod's process.

@@ -10,6 +10,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a harness fails loudly on purpose")]
 
+pub mod backend;
 pub mod cleanup;
 pub mod cluster;
 pub mod netns;

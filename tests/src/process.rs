@@ -90,4 +90,26 @@ impl Process {
     pub fn stop(&self, grace: Duration) {
         stop(&self.child, grace);
     }
+
+    /// Waits until the process answers 200 on `/healthz/ready` (port 15021) inside `ns`;
+    /// fails with `what` and its log if it exits or takes longer than 15 s.
+    pub fn wait_ready(&self, ns: &crate::NetNs, what: &str) -> anyhow::Result<()> {
+        let ready = crate::eventually_opt(std::time::Duration::from_secs(15), || {
+            if self.exited().is_some() {
+                return Some(false);
+            }
+            let r = crate::probe::http_get(
+                ns,
+                std::net::SocketAddr::from(([127, 0, 0, 1], 15021)),
+                "/healthz/ready",
+            );
+            matches!(r, Ok((200, _))).then_some(true)
+        });
+        anyhow::ensure!(
+            ready == Some(true),
+            "{what} did not become ready:\n{}",
+            self.log()
+        );
+        Ok(())
+    }
 }

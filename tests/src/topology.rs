@@ -10,7 +10,6 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 /// A pod: its namespace, address and identity.
 pub struct Pod {
@@ -152,23 +151,7 @@ impl Topology {
             .env("RUST_LOG", "info");
         let log = self.dir.join(format!("ztunnel-{}.log", pod.name));
         let process = Process::spawn(cmd, &log)?;
-        let ready = crate::eventually_opt(Duration::from_secs(15), || {
-            if process.exited().is_some() {
-                return Some(false);
-            }
-            let r = probe::http_get(
-                &pod.ns,
-                SocketAddr::from(([127, 0, 0, 1], 15021)),
-                "/healthz/ready",
-            );
-            matches!(r, Ok((200, _))).then_some(true)
-        });
-        anyhow::ensure!(
-            ready == Some(true),
-            "agent of {} did not become ready:\n{}",
-            pod.name,
-            process.log()
-        );
+        process.wait_ready(&pod.ns, &format!("agent of {}", pod.name))?;
         Ok(Agent { process })
     }
 }

@@ -1,8 +1,67 @@
-//! The waypoint: an L7 proxy per namespace. Not built yet; this binary says so rather than
-//! pretending to work.
+//! `waypoint`: runs the L7 waypoint proxy (`waypoint run`), or manages waypoints in a cluster
+//! the way `istioctl waypoint` does (`generate`, `apply`, `delete`, `list`, `status`).
 #![forbid(unsafe_code)]
 
-fn main() -> std::process::ExitCode {
-    eprintln!("waypoint: the L7 waypoint proxy is not implemented yet (tracked as an open issue)");
-    std::process::ExitCode::from(2)
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::time::Duration;
+use waypoint::config::{Config, RunArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "waypoint",
+    version,
+    about = "The ambient mesh's L7 waypoint proxy, and the commands that manage waypoints"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the waypoint proxy: HBONE on 15008, the rules of a config folder.
+    Run(RunArgs),
+    #[command(flatten)]
+    Kube(waypoint_cli::Command),
+}
+
+/// How long open tunnels may finish after SIGTERM.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            tracing_subscriber::fmt()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_new(&args.log).context("RUST_LOG")?,
+                )
+                .init();
+            let cfg = Config::try_from(args)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cfg.worker_threads)
+                .enable_all()
+                .build()
+                .context("starting the runtime")?
+                .block_on(run(cfg))
+        }
+        Command::Kube(cmd) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?
+            .block_on(waypoint_cli::run(cmd)),
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let running = waypoint::Running::start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+    running.drain(DRAIN_TIMEOUT).await;
+    Ok(())
 }

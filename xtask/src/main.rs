@@ -75,10 +75,10 @@ fn cargo() -> Command {
     c
 }
 
-/// Builds the agent in `profile` and returns the folder that holds it.
+/// Builds the agent and the waypoint in `profile` and returns the folder that holds them.
 fn build(release: bool) -> anyhow::Result<PathBuf> {
     let mut c = cargo();
-    c.args(["build", "-p", "ztunnel", "--bins"]);
+    c.args(["build", "-p", "ztunnel", "-p", "waypoint", "--bins"]);
     if release {
         c.arg("--release");
     }
@@ -118,8 +118,10 @@ fn build_ebpf() -> anyhow::Result<()> {
 /// Every test: unit, protocol and end-to-end (which need root).
 fn test() -> anyhow::Result<()> {
     mesh_tests::require_root();
-    let bins = build(false)?;
+    // Everything at once, with the features `cargo test --workspace` resolves, so that the
+    // test run reuses these builds instead of compiling the dependencies a second time.
+    run(cargo().args(["build", "--workspace", "--all-targets"]))?;
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
-        .env("MESH_BIN_DIR", bins))
+        .env("MESH_BIN_DIR", root().join("target").join("debug")))
 }

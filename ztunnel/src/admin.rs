@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 use tokio::net::TcpListener;
 
-type Handler = Arc<dyn Fn(&Request<hyper::body::Incoming>) -> Response<Full<Bytes>> + Send + Sync>;
+pub type Handler =
+    Arc<dyn Fn(&Request<hyper::body::Incoming>) -> Response<Full<Bytes>> + Send + Sync>;
 
-fn respond(
+pub fn respond(
     status: StatusCode,
     content_type: &str,
     body: impl Into<Bytes>,

@@ -165,7 +165,7 @@ impl Agent {
 }
 
 /// Re-signs certificates at half-life, ahead of need.
-async fn renew_certificates(certs: Arc<CertManager>) {
+pub async fn renew_certificates(certs: Arc<CertManager>) {
     loop {
         let next = certs.renew_due();
         // Due already (or soon): check again in a second; nothing held: in a minute.

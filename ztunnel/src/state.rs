@@ -262,35 +262,44 @@ impl State {
             .map(|p| p.as_ref())
     }
 
+    /// The healthy endpoints of `svc` for its port `port`: each workload with the address to
+    /// reach it on (its IP of `like`'s family, the service port mapped to the target port).
+    pub fn endpoints(
+        &self,
+        svc: &Service,
+        port: u16,
+        like: IpAddr,
+    ) -> Vec<(Arc<Workload>, SocketAddr)> {
+        svc.endpoints
+            .iter()
+            .filter_map(|ep| {
+                let w = self.workloads.get(&ep.workload_uid)?;
+                if w.status != HealthStatus::Healthy {
+                    return None;
+                }
+                let target = match ep.ports.get(&port) {
+                    Some(&p) if p != 0 => p,
+                    _ => match svc.ports.get(&port) {
+                        Some(&p) if p != 0 => p,
+                        Some(_) => port,
+                        None => return None,
+                    },
+                };
+                let ip = pick_ip(w, like)?;
+                Some((w.clone(), SocketAddr::new(ip, target)))
+            })
+            .collect()
+    }
+
     /// Resolves a destination address: a service VIP (an endpoint is picked, the port mapped to
     /// its target port) or a workload IP. `None` when the address is unknown to the mesh.
     pub fn resolve(&self, network: &str, dst: SocketAddr, pick: &Picker) -> Option<Upstream> {
         if let Some(svc) = self.service_by_vip(network, dst.ip()) {
-            let candidates: Vec<(&Arc<Workload>, u16)> = svc
-                .endpoints
-                .iter()
-                .filter_map(|ep| {
-                    let w = self.workloads.get(&ep.workload_uid)?;
-                    if w.status != HealthStatus::Healthy {
-                        return None;
-                    }
-                    let target = match ep.ports.get(&dst.port()) {
-                        Some(&p) if p != 0 => p,
-                        _ => match svc.ports.get(&dst.port()) {
-                            Some(&p) if p != 0 => p,
-                            Some(_) => dst.port(),
-                            None => return None,
-                        },
-                    };
-                    Some((w, target))
-                })
-                .filter(|(w, _)| !w.workload_ips.is_empty())
-                .collect();
-            let (w, port) = *candidates.get(pick.next(candidates.len())?)?;
-            let ip = pick_ip(w, dst.ip())?;
+            let candidates = self.endpoints(svc, dst.port(), dst.ip());
+            let (w, addr) = candidates.get(pick.next(candidates.len())?)?.clone();
             return Some(Upstream {
-                workload: w.clone(),
-                addr: SocketAddr::new(ip, port),
+                workload: w,
+                addr,
                 service: Some(svc.clone()),
             });
         }
@@ -300,6 +309,44 @@ impl State {
             addr: dst,
             service: None,
         })
+    }
+
+    /// Where the waypoint of `upstream` is, if it has one: the service's waypoint for traffic
+    /// to a service, else the workload's. The waypoint's address (a service VIP or a workload
+    /// IP) is resolved like any destination, on its HBONE port.
+    pub fn waypoint_for(
+        &self,
+        upstream: &Upstream,
+        pick: &Picker,
+    ) -> Option<Result<Upstream, String>> {
+        let gw = match &upstream.service {
+            Some(svc) => svc.waypoint.as_ref()?,
+            None => upstream.workload.waypoint.as_ref()?,
+        };
+        let resolved = match gw.destination.parse::<NetworkAddress>() {
+            Ok(addr) => self.resolve(
+                &addr.network,
+                SocketAddr::new(addr.address, gw.hbone_mtls_port),
+                pick,
+            ),
+            // `<namespace>/<hostname>`: the waypoint's service by name.
+            Err(_) => gw.destination.split_once('/').and_then(|(ns, host)| {
+                let svc = self
+                    .services
+                    .iter()
+                    .find(|s| s.namespace == ns && s.hostname == host)?;
+                let vip = svc.vips.first()?;
+                self.resolve(
+                    &vip.network,
+                    SocketAddr::new(vip.address, gw.hbone_mtls_port),
+                    pick,
+                )
+            }),
+        };
+        Some(
+            resolved
+                .ok_or_else(|| format!("waypoint {} has no reachable workload", gw.destination)),
+        )
     }
 }
 

@@ -32,6 +32,15 @@ impl IncomingStream {
         self.request.uri().authority()?.as_str().parse().ok()
     }
 
+    /// The `<ip>:<port>` this CONNECT asks for, or why the request is not one (answered 400).
+    pub fn connect_target(&self) -> Result<SocketAddr, String> {
+        if !self.is_connect() {
+            return Err(format!("method {} is not CONNECT", self.request.method()));
+        }
+        self.authority()
+            .ok_or_else(|| "authority is not <ip>:<port>".to_owned())
+    }
+
     /// The original client address from `forwarded: for="..."`, if sent.
     pub fn forwarded_for(&self) -> Option<SocketAddr> {
         let v = self

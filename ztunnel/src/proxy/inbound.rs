@@ -101,20 +101,9 @@ fn reject(incoming: IncomingStream, status: StatusCode, why: &str) {
 
 /// Serves one CONNECT stream.
 pub async fn handle(inputs: Arc<ProxyInputs>, incoming: IncomingStream) {
-    if !incoming.is_connect() {
-        let m = incoming.request.method().to_string();
-        return reject(
-            incoming,
-            StatusCode::BAD_REQUEST,
-            &format!("method {m} is not CONNECT"),
-        );
-    }
-    let Some(authority) = incoming.authority() else {
-        return reject(
-            incoming,
-            StatusCode::BAD_REQUEST,
-            "authority is not <ip>:<port>",
-        );
+    let authority = match incoming.connect_target() {
+        Ok(a) => a,
+        Err(why) => return reject(incoming, StatusCode::BAD_REQUEST, &why),
     };
     let state = inputs.state.snapshot();
     let dst_workload = match state.workload_by_ip(&inputs.cfg.network, authority.ip()) {

@@ -71,41 +71,51 @@ pub async fn proxy(
         _ => client_addr,
     };
     let upstream = state.resolve(&inputs.cfg.network, dst, &inputs.picker);
-    // A destination behind a waypoint must get its L7 policy there; until waypoint routing
-    // exists, refuse rather than bypass it.
-    if let Some(up) = &upstream
-        && (up.workload.waypoint.is_some()
-            || up.service.as_ref().is_some_and(|s| s.waypoint.is_some()))
-    {
-        tracing::warn!(%client_addr, %dst, "destination has a waypoint, which this agent cannot route through yet; refusing");
-        return reset(client);
-    }
-    let route = match upstream {
-        Some(up) if up.workload.protocol == Protocol::HBONE => {
-            let mut expected = vec![up.workload.identity()];
-            if let Some(svc) = &up.service {
-                expected.extend(svc.subject_alt_names.iter().filter_map(|s| s.parse().ok()));
+    // A destination behind a waypoint is reached through it, with the original destination
+    // (the service VIP) as the authority, so that the waypoint applies its L7 rules. The
+    // waypoint's own connections go straight to the destination.
+    let waypoint = match &upstream {
+        Some(up) => match state.waypoint_for(up, &inputs.picker) {
+            Some(Ok(wp))
+                if !local_ips
+                    .iter()
+                    .any(|ip| wp.workload.workload_ips.contains(ip)) =>
+            {
+                Some(wp)
             }
-            let hbone = SocketAddr::new(up.addr.ip(), inputs.cfg.hbone_port);
+            Some(Ok(_)) | None => None,
+            Some(Err(why)) => {
+                // Fail closed: never bypass the waypoint's policy.
+                tracing::warn!(%client_addr, %dst, "{why}; refusing");
+                return reset(client);
+            }
+        },
+        None => None,
+    };
+    let route = match (waypoint, upstream) {
+        (Some(wp), Some(up)) => {
+            let authority = if up.service.is_some() { dst } else { up.addr };
             let connect = Connect {
-                key: PoolKey::new(src_id.clone(), expected, hbone),
-                authority: up.addr,
+                key: PoolKey::new(src_id.clone(), vec![wp.workload.identity()], wp.addr),
+                authority,
                 forwarded_for: Some(origin),
                 baggage: src_workload.as_deref().map(baggage),
             };
-            Route::Hbone {
-                upstream: up,
-                connect,
-            }
+            let upstream = Upstream {
+                workload: wp.workload,
+                addr: authority,
+                service: up.service,
+            };
+            Route::Hbone { upstream, connect }
         }
-        Some(up) => Route::Tcp {
-            addr: up.addr,
-            upstream: Some(up),
-        },
-        None => Route::Tcp {
-            upstream: None,
-            addr: dst,
-        },
+        (_, upstream) => direct(
+            &inputs,
+            src_workload.as_deref(),
+            &src_id,
+            origin,
+            dst,
+            upstream,
+        ),
     };
     let (upstream, dst_identity, mtls, hbone_addr) = match &route {
         Route::Hbone { upstream, connect } => (
@@ -151,6 +161,45 @@ pub async fn proxy(
             record.finish(Outcome::Failed(e.to_string()));
             reset(client);
         }
+    }
+}
+
+/// The route to a destination without a waypoint: HBONE to the pod when it speaks HBONE,
+/// plain TCP otherwise.
+fn direct(
+    inputs: &ProxyInputs,
+    src_workload: Option<&Workload>,
+    src_id: &crate::identity::Identity,
+    origin: SocketAddr,
+    dst: SocketAddr,
+    upstream: Option<Upstream>,
+) -> Route {
+    match upstream {
+        Some(up) if up.workload.protocol == Protocol::HBONE => {
+            let mut expected = vec![up.workload.identity()];
+            if let Some(svc) = &up.service {
+                expected.extend(svc.subject_alt_names.iter().filter_map(|s| s.parse().ok()));
+            }
+            let hbone = SocketAddr::new(up.addr.ip(), inputs.cfg.hbone_port);
+            let connect = Connect {
+                key: PoolKey::new(src_id.clone(), expected, hbone),
+                authority: up.addr,
+                forwarded_for: Some(origin),
+                baggage: src_workload.map(baggage),
+            };
+            Route::Hbone {
+                upstream: up,
+                connect,
+            }
+        }
+        Some(up) => Route::Tcp {
+            addr: up.addr,
+            upstream: Some(up),
+        },
+        None => Route::Tcp {
+            upstream: None,
+            addr: dst,
+        },
     }
 }
 

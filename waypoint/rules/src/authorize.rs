@@ -1,0 +1,168 @@
+//! Authorization with Istio's semantics: a matching DENY rule denies; else, if any ALLOW
+//! policy applies, some ALLOW rule must match; else the request is allowed.
+//!
+//! A peer without a principal (plaintext) matches no `principals` or `namespaces` condition,
+//! `*` included, and matches every `notPrincipals` and `notNamespaces` condition: Envoy's RBAC
+//! evaluates `not` of a principal matcher that failed for lack of a certificate as true.
+
+use crate::model::{
+    AuthzAction, AuthzRule, L7Policy, ObjectRef, Operation, Peer, RequestView, Rules, Source,
+};
+
+/// Why a request was refused: the policy (`namespace/name`) and the reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("denied by {policy}: {reason}")]
+pub struct Denied {
+    /// The DENY policy that matched, or the ALLOW policies that applied (comma-separated).
+    pub policy: String,
+    pub reason: DenyReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DenyReason {
+    /// Rule `n` (0-based) of a DENY policy matched.
+    #[error("DENY rule {0} matched")]
+    DenyRule(usize),
+    /// ALLOW policies apply and none of their rules matched.
+    #[error("no ALLOW policy matched")]
+    NoAllowMatch,
+}
+
+impl Rules {
+    /// Checks `req` from `peer` to `service` against the L7 policies.
+    ///
+    /// # Errors
+    ///
+    /// [`Denied`] naming the policy when the request is refused.
+    pub fn authorize(
+        &self,
+        service: &ObjectRef,
+        peer: &Peer<'_>,
+        req: &RequestView<'_>,
+    ) -> Result<(), Denied> {
+        let applies = |p: &&L7Policy| p.services.as_ref().is_none_or(|s| s.contains(service));
+        for policy in self
+            .authz
+            .iter()
+            .filter(applies)
+            .filter(|p| p.action == AuthzAction::Deny)
+        {
+            if let Some(rule) = policy.rules.iter().position(|r| r.matches(peer, req)) {
+                return Err(Denied {
+                    policy: format!("{}/{}", policy.namespace, policy.name),
+                    reason: DenyReason::DenyRule(rule),
+                });
+            }
+        }
+        let allows: Vec<&L7Policy> = self
+            .authz
+            .iter()
+            .filter(applies)
+            .filter(|p| p.action == AuthzAction::Allow)
+            .collect();
+        if allows.is_empty()
+            || allows
+                .iter()
+                .any(|p| p.rules.iter().any(|r| r.matches(peer, req)))
+        {
+            return Ok(());
+        }
+        Err(Denied {
+            policy: allows
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect::<Vec<_>>()
+                .join(", "),
+            reason: DenyReason::NoAllowMatch,
+        })
+    }
+}
+
+impl AuthzRule {
+    /// `from` (any source) and `to` (any operation) both hold; an empty list holds.
+    pub fn matches(&self, peer: &Peer<'_>, req: &RequestView<'_>) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(peer)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(req)))
+    }
+}
+
+impl Source {
+    /// Every non-empty field holds.
+    pub fn matches(&self, peer: &Peer<'_>) -> bool {
+        let positive = |list: &[String], value: Option<&str>| {
+            list.is_empty() || value.is_some_and(|v| list.iter().any(|p| wildcard_match(p, v)))
+        };
+        let negative = |list: &[String], value: Option<&str>| {
+            value.is_none_or(|v| !list.iter().any(|p| wildcard_match(p, v)))
+        };
+        positive(&self.principals, peer.principal)
+            && negative(&self.not_principals, peer.principal)
+            && positive(&self.namespaces, peer.namespace)
+            && negative(&self.not_namespaces, peer.namespace)
+            && (self.ip_blocks.is_empty() || self.ip_blocks.iter().any(|b| b.contains(&peer.ip)))
+            && !self.not_ip_blocks.iter().any(|b| b.contains(&peer.ip))
+    }
+}
+
+impl Operation {
+    /// Every non-empty field holds.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        let host = req.host.to_ascii_lowercase();
+        let host_match = |pattern: &String| {
+            wildcard_match(pattern, &host) || wildcard_match(pattern, strip_port(&host))
+        };
+        let method = req.method.as_str();
+        (self.hosts.is_empty() || self.hosts.iter().any(host_match))
+            && !self.not_hosts.iter().any(host_match)
+            && (self.ports.is_empty() || self.ports.contains(&req.port))
+            && !self.not_ports.contains(&req.port)
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && !self.not_methods.iter().any(|m| m == method)
+            && (self.paths.is_empty() || self.paths.iter().any(|p| wildcard_match(p, req.path)))
+            && !self.not_paths.iter().any(|p| wildcard_match(p, req.path))
+    }
+}
+
+/// Istio's forms: `*` (anything), `prefix*`, `*suffix`, else exact.
+pub(crate) fn wildcard_match(pattern: &str, value: &str) -> bool {
+    if pattern == "*" {
+        true
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        value.ends_with(suffix)
+    } else if let Some(prefix) = pattern.strip_suffix('*') {
+        value.starts_with(prefix)
+    } else {
+        pattern == value
+    }
+}
+
+/// `host:port` to `host` (`[::1]:80` to `[::1]`).
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_forms() {
+        assert!(wildcard_match("*", "anything"));
+        assert!(wildcard_match("/api/*", "/api/v1"));
+        assert!(!wildcard_match("/api/*", "/apix"));
+        assert!(wildcard_match("*/admin", "/x/admin"));
+        assert!(!wildcard_match("*/admin", "/x/admin/y"));
+        assert!(wildcard_match("/exact", "/exact"));
+        assert!(!wildcard_match("/exact", "/exact/"));
+    }
+
+    #[test]
+    fn strip_port_forms() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+}

@@ -1,0 +1,152 @@
+//! Route matching: which entry a request takes.
+
+use crate::model::{
+    HeaderMatch, ObjectRef, PathMatch, QueryMatch, RequestView, RouteEntry, RouteMatch, Rules,
+    StringMatch,
+};
+use http::HeaderMap;
+use percent_encoding::percent_decode_str;
+use std::borrow::Cow;
+
+impl Rules {
+    /// The first entry that matches `req`: among the service's own entries, or among the
+    /// waypoint Gateway's when the service has none. `None`: no route (Gateway API answers
+    /// 404).
+    pub fn route(&self, service: &ObjectRef, req: &RequestView<'_>) -> Option<&RouteEntry> {
+        let entries = match self.routes.get(service) {
+            Some(entries) if !entries.is_empty() => entries,
+            _ => &self.gateway_routes,
+        };
+        entries.iter().find(|e| e.matcher.matches(req))
+    }
+}
+
+impl RouteMatch {
+    /// Every condition holds.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.port.is_none_or(|p| p == req.port)
+            && self.method.as_ref().is_none_or(|m| m == req.method)
+            && self.path.as_ref().is_none_or(|p| p.matches(req.path))
+            && self.headers.iter().all(|h| h.matches(req.headers))
+            && self.query.iter().all(|q| q.matches(req.query))
+    }
+}
+
+impl PathMatch {
+    /// `path` is the request path without its query.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::SegmentPrefix(p) => {
+                // A trailing `/` in the prefix is ignored: `/foo/` matches `/foo`.
+                let p = p.trim_end_matches('/');
+                match path.strip_prefix(p) {
+                    Some(rest) => rest.is_empty() || rest.starts_with('/'),
+                    None => false,
+                }
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(e) => value == e,
+            StringMatch::Prefix(p) => value.starts_with(p.as_str()),
+            StringMatch::Regex(r) => r.is_match(value),
+            StringMatch::Present => true,
+        }
+    }
+}
+
+impl HeaderMatch {
+    /// Any of the header's values matches (names are case-insensitive by construction);
+    /// inverted for `withoutHeaders`.
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
+        let found = headers
+            .get_all(&self.name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| self.value.matches(v));
+        found != self.invert
+    }
+}
+
+impl QueryMatch {
+    /// The first parameter of that name (percent-decoded) must match, as Gateway API says.
+    pub fn matches(&self, query: Option<&str>) -> bool {
+        query_param(query.unwrap_or(""), &self.name).is_some_and(|v| self.value.matches(&v))
+    }
+}
+
+/// The first value of `name` in a raw query string, percent-decoded.
+fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(key, _)| percent_decode_str(key).decode_utf8_lossy() == name)
+        .map(|(_, value)| percent_decode_str(value).decode_utf8_lossy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_prefix_matches_whole_segments() {
+        let m = PathMatch::SegmentPrefix("/foo".into());
+        assert!(m.matches("/foo"));
+        assert!(m.matches("/foo/bar"));
+        assert!(!m.matches("/foobar"));
+        assert!(!m.matches("/fo"));
+        let trailing = PathMatch::SegmentPrefix("/foo/".into());
+        assert!(trailing.matches("/foo"));
+        assert!(trailing.matches("/foo/x"));
+        assert!(!trailing.matches("/foox"));
+        assert!(PathMatch::SegmentPrefix("/".into()).matches("/anything"));
+    }
+
+    #[test]
+    fn istio_prefix_is_a_string_prefix() {
+        let m = PathMatch::Prefix("/foo".into());
+        assert!(m.matches("/foobar"));
+        assert!(!m.matches("/fo"));
+    }
+
+    #[test]
+    fn query_params_are_decoded_and_first_wins() {
+        assert_eq!(query_param("a=1&b=x%20y&a=2", "b").as_deref(), Some("x y"));
+        assert_eq!(query_param("a=1&a=2", "a").as_deref(), Some("1"));
+        assert_eq!(query_param("flag&x=1", "flag").as_deref(), Some(""));
+        assert_eq!(query_param("x%5B%5D=3", "x[]").as_deref(), Some("3"));
+        assert_eq!(query_param("", "a"), None);
+    }
+
+    #[test]
+    fn header_match_any_value_and_invert() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-user", "alice".parse().expect("value"));
+        headers.append("x-user", "bob".parse().expect("value"));
+        let m = HeaderMatch {
+            name: "x-user".parse().expect("name"),
+            value: StringMatch::Exact("bob".into()),
+            invert: false,
+        };
+        assert!(m.matches(&headers));
+        let without = HeaderMatch {
+            invert: true,
+            ..m.clone()
+        };
+        assert!(!without.matches(&headers));
+        let absent = HeaderMatch {
+            name: "x-other".parse().expect("name"),
+            value: StringMatch::Present,
+            invert: true,
+        };
+        assert!(absent.matches(&headers));
+    }
+}

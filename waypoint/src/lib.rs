@@ -1,0 +1,262 @@
+//! The waypoint: an L7 proxy for a namespace's services. It terminates HBONE with its own
+//! SPIFFE identity, applies the HTTP rules users write for Istio and the Gateway API, and
+//! carries each request over HBONE to a destination pod. The protocol, TLS and identity code
+//! are the node agent's (`ztunnel`): one implementation.
+//!
+//! # Modules
+//! - [`config`]: flags and environment of `waypoint run`.
+//! - [`server`]: HBONE in, protocol sniffing; [`tcp`]: non-HTTP tunnels.
+//! - [`pipeline`]: one request: authorization, route, faults, filters, retries, timeouts.
+//! - [`upstream`]: endpoints, load balancing, outlier detection, circuit breakers, pooled
+//!   connections.
+//! - [`metrics`]: Istio's request metrics and the access log; [`rules_watch`]: reloads.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod metrics;
+pub mod pipeline;
+pub mod rules_watch;
+pub mod server;
+pub mod tcp;
+pub mod upstream;
+
+use anyhow::Context;
+use config::Config;
+use metrics::Metrics;
+use rules_watch::RulesHandle;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use upstream::{Breakers, Connections, EndpointSet};
+use ztunnel::hbone::client::{Dialer, Pool};
+use ztunnel::identity::{CertManager, Identity, LocalCa};
+use ztunnel::state::StateHandle;
+
+/// What every request shares.
+pub struct Waypoint {
+    pub cfg: Config,
+    pub identity: Identity,
+    pub state: Arc<StateHandle>,
+    pub rules: Arc<RulesHandle>,
+    pub metrics: Arc<Metrics>,
+    pub connections: Connections,
+    pub endpoints: EndpointSet,
+    pub breakers: Breakers,
+}
+
+/// A started waypoint: listeners bound, serving.
+pub struct Running {
+    pub waypoint: Arc<Waypoint>,
+    drain: tokio::sync::watch::Sender<bool>,
+    ready: Arc<AtomicBool>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Loads everything (a bad file or setting stops start-up), binds, and serves.
+    pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+        let defaults = ztunnel::discovery::local::Defaults {
+            trust_domain: cfg.trust_domain.clone(),
+            cluster_id: cfg.cluster_id.clone(),
+        };
+        let state = ztunnel::discovery::local::load(&cfg.local_xds_path, &defaults)?;
+        let rules = waypoint_rules::load_dir(&cfg.config_dir, &cfg.gateway)?;
+        let ca = LocalCa::load(&cfg.local_ca_dir).context("LOCAL_CA_DIR")?;
+        let certs = Arc::new(CertManager::new(ca, cfg.secret_ttl));
+        let identity = Identity::new(
+            &cfg.trust_domain,
+            &cfg.workload.namespace,
+            &cfg.workload.service_account,
+        );
+        let cert = certs
+            .get(&identity)
+            .with_context(|| format!("certificate for {identity}"))?;
+        let tls = Arc::new(
+            ztunnel::tls::server_config(&cert, certs.roots(), &cfg.trust_domain)
+                .context("TLS configuration")?,
+        );
+        let dialer = Dialer {
+            mark: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+            netns: None,
+        };
+        let hbone = ztunnel::proxy::bind("hbone", cfg.listeners.hbone).await?;
+        let admin_l = ztunnel::proxy::bind("admin", cfg.listeners.admin).await?;
+        let metrics_l = ztunnel::proxy::bind("metrics", cfg.listeners.metrics).await?;
+        let readiness_l = ztunnel::proxy::bind("readiness", cfg.listeners.readiness).await?;
+
+        let metrics = Arc::new(Metrics::new(&cfg.cluster_id));
+        let state = Arc::new(StateHandle::new(state));
+        let rules = Arc::new(RulesHandle::new(rules));
+        let wp = Arc::new(Waypoint {
+            connections: Connections::new(
+                Pool::new(certs.clone(), dialer.clone()),
+                dialer,
+                identity.clone(),
+            ),
+            identity,
+            state: state.clone(),
+            rules: rules.clone(),
+            metrics: metrics.clone(),
+            endpoints: EndpointSet::default(),
+            breakers: Breakers::default(),
+            cfg,
+        });
+        let (drain, drain_rx) = tokio::sync::watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(serve_hbone(
+            wp.clone(),
+            certs.clone(),
+            tls,
+            hbone,
+            drain_rx.clone(),
+        ));
+        let m = metrics.clone();
+        tasks.spawn(ztunnel::admin::serve(
+            "metrics",
+            metrics_l,
+            drain_rx.clone(),
+            Arc::new(move |req| match req.uri().path() {
+                "/metrics" | "/stats/prometheus" => ztunnel::admin::respond(
+                    http::StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    m.encode(),
+                ),
+                _ => ztunnel::admin::respond(
+                    http::StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "not found\n",
+                ),
+            }),
+        ));
+        tasks.spawn(ztunnel::admin::serve(
+            "readiness",
+            readiness_l,
+            drain_rx.clone(),
+            ztunnel::admin::readiness_handler(ready.clone()),
+        ));
+        tasks.spawn(ztunnel::admin::serve(
+            "admin",
+            admin_l,
+            drain_rx.clone(),
+            admin_handler(wp.clone()),
+        ));
+        tasks.spawn(ztunnel::discovery::local::watch(
+            wp.cfg.local_xds_path.clone(),
+            defaults,
+            state,
+            wp.cfg.reload_interval,
+        ));
+        tasks.spawn(rules_watch::watch(
+            wp.cfg.config_dir.clone(),
+            wp.cfg.gateway.clone(),
+            rules,
+            wp.cfg.reload_interval,
+        ));
+        tasks.spawn(ztunnel::app::renew_certificates(certs));
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!(identity = %wp.identity, gateway = %wp.cfg.gateway, "waypoint ready");
+        Ok(Running {
+            waypoint: wp,
+            drain,
+            ready,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, lets open tunnels finish for up to `timeout`.
+    pub async fn drain(mut self, timeout: Duration) {
+        self.ready.store(false, Ordering::Relaxed);
+        let _ = self.drain.send(true);
+        if tokio::time::timeout(timeout, self.drain.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timed out; closing the remaining connections");
+        }
+        self.tasks.abort_all();
+    }
+}
+
+/// HBONE on 15008: every CONNECT stream handed to [`server::handle_stream`].
+async fn serve_hbone(
+    wp: Arc<Waypoint>,
+    certs: Arc<CertManager>,
+    mut tls: Arc<rustls::ServerConfig>,
+    listener: tokio::net::TcpListener,
+    drain: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut built_from = certs.get(&wp.identity).ok();
+    let mut drain_l = drain.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = drain_l.changed() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // A renewed certificate: a new TLS configuration for the next connections.
+        if let Ok(cert) = certs.get(&wp.identity)
+            && !built_from.as_ref().is_some_and(|b| Arc::ptr_eq(b, &cert))
+        {
+            match ztunnel::tls::server_config(&cert, certs.roots(), &wp.cfg.trust_domain) {
+                Ok(c) => {
+                    tls = Arc::new(c);
+                    built_from = Some(cert);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS configuration for the renewed certificate")
+                }
+            }
+        }
+        let (wp, tls, drain) = (wp.clone(), tls.clone(), drain.clone());
+        tokio::spawn(async move {
+            let td = wp.cfg.trust_domain.clone();
+            let handler = {
+                let wp = wp.clone();
+                move |incoming| server::handle_stream(wp.clone(), incoming)
+            };
+            if let Err(e) = ztunnel::hbone::server::serve(stream, tls, &td, drain, handler).await {
+                tracing::warn!(%peer, error = %e, "HBONE connection failed");
+            }
+        });
+    }
+}
+
+/// `/config_dump`: the rules in force, by service.
+fn admin_handler(wp: Arc<Waypoint>) -> ztunnel::admin::Handler {
+    Arc::new(move |req| match req.uri().path() {
+        "/config_dump" => {
+            let rules = wp.rules.snapshot();
+            let routes: serde_json::Map<String, serde_json::Value> = rules
+                .routes
+                .iter()
+                .map(|(svc, entries)| {
+                    let names: Vec<&str> = entries.iter().map(|e| e.rule.name.as_str()).collect();
+                    (svc.to_string(), serde_json::json!(names))
+                })
+                .collect();
+            let body = serde_json::json!({
+                "identity": wp.identity.to_string(),
+                "gateway": wp.cfg.gateway.to_string(),
+                "routes": routes,
+                "gatewayRoutes": rules.gateway_routes.iter().map(|e| e.rule.name.clone()).collect::<Vec<_>>(),
+                "destinationRules": rules.traffic.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+                "authorizationPolicies": rules.authz.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect::<Vec<_>>(),
+            });
+            ztunnel::admin::respond(
+                http::StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&body).unwrap_or_default(),
+            )
+        }
+        _ => ztunnel::admin::respond(http::StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    })
+}

@@ -1,0 +1,319 @@
+//! Istio's request metrics as a waypoint reports them (`reporter="waypoint"`), Envoy's
+//! per-cluster request and retry counters, and the access log: one [`RequestRecord`] per
+//! request, written exactly once, when the response has been sent (or abandoned).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use ztunnel::identity::Identity;
+use ztunnel::state::{Service, Workload};
+
+/// Istio's labels on `istio_requests_total` and the request histograms, in its order.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_cluster: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_service: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub destination_cluster: String,
+    pub request_protocol: &'static str,
+    pub response_code: String,
+    pub grpc_response_status: String,
+    pub response_flags: String,
+    pub connection_security_policy: &'static str,
+}
+
+/// Envoy's cluster label: `outbound|<port>|<subset>|<host>`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster_name: String,
+}
+
+/// Istio's duration buckets, in milliseconds.
+const DURATION_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS.iter().copied())
+}
+
+/// Istio's size buckets: powers of ten from 1 byte.
+fn bytes_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 10.0, 9,
+    ))
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    /// The cluster named in labels when a workload does not say.
+    cluster_id: String,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: HistogramFamily<RequestLabels>,
+    request_bytes: HistogramFamily<RequestLabels>,
+    response_bytes: HistogramFamily<RequestLabels>,
+    upstream_rq: Family<ClusterLabels, Counter>,
+    upstream_retry: Family<ClusterLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new(cluster_id: &str) -> Self {
+        let mut m = Metrics {
+            cluster_id: cluster_id.to_owned(),
+            registry: Registry::default(),
+            requests: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            request_bytes: Family::new_with_constructor(bytes_histogram),
+            response_bytes: Family::new_with_constructor(bytes_histogram),
+            upstream_rq: Family::default(),
+            upstream_retry: Family::default(),
+        };
+        let istio = m.registry.sub_registry_with_prefix("istio");
+        istio.register("requests", "Total requests", m.requests.clone());
+        istio.register(
+            "request_duration_milliseconds",
+            "Request duration in milliseconds",
+            m.duration.clone(),
+        );
+        istio.register(
+            "request_bytes",
+            "Request body sizes",
+            m.request_bytes.clone(),
+        );
+        istio.register(
+            "response_bytes",
+            "Response body sizes",
+            m.response_bytes.clone(),
+        );
+        let envoy = m.registry.sub_registry_with_prefix("envoy_cluster");
+        envoy.register(
+            "upstream_rq",
+            "Requests sent to the cluster's endpoints, every attempt counted",
+            m.upstream_rq.clone(),
+        );
+        envoy.register(
+            "upstream_rq_retry",
+            "Retried requests (attempts after the first)",
+            m.upstream_retry.clone(),
+        );
+        m
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        out
+    }
+
+    /// One attempt sent to `cluster`; `retry` when it is not the first.
+    pub fn attempt(&self, cluster: &str, retry: bool) {
+        let l = ClusterLabels {
+            cluster_name: cluster.to_owned(),
+        };
+        self.upstream_rq.get_or_create(&l).inc();
+        if retry {
+            self.upstream_retry.get_or_create(&l).inc();
+        }
+    }
+}
+
+/// What is known about one request; filled in as it is served.
+#[derive(Clone, Debug, Default)]
+pub struct RequestInfo {
+    pub src_addr: Option<SocketAddr>,
+    pub src_identity: Option<Identity>,
+    pub src_workload: Option<Arc<Workload>>,
+    pub dst_service: Option<Arc<Service>>,
+    pub dst_workload: Option<Arc<Workload>>,
+    pub dst_addr: Option<SocketAddr>,
+    pub grpc: bool,
+    pub method: String,
+    pub path: String,
+    pub authority: String,
+    pub route: String,
+    pub status: u16,
+    /// Envoy's response flags (`UF`, `UT`, `URX`, `FI`, `DI`, `NR`, `UO`, `UH`, `UC`), or `-`.
+    pub flags: Vec<&'static str>,
+    pub attempts: u32,
+    pub request_bytes: u64,
+    /// Why the waypoint answered itself, for the access log.
+    pub detail: Option<String>,
+}
+
+impl RequestInfo {
+    pub fn flag(&mut self, f: &'static str) {
+        if !self.flags.contains(&f) {
+            self.flags.push(f);
+        }
+    }
+
+    fn flags(&self) -> String {
+        if self.flags.is_empty() {
+            "-".into()
+        } else {
+            self.flags.join(",")
+        }
+    }
+}
+
+/// Writes a request's metrics and access-log line once, when dropped.
+pub struct RequestRecord {
+    metrics: Arc<Metrics>,
+    pub info: RequestInfo,
+    start: Instant,
+    pub response_bytes: Arc<AtomicU64>,
+}
+
+impl RequestRecord {
+    pub fn new(metrics: Arc<Metrics>, info: RequestInfo) -> Self {
+        Self {
+            metrics,
+            info,
+            start: Instant::now(),
+            response_bytes: Default::default(),
+        }
+    }
+
+    fn labels(&self, cluster_id: &str) -> RequestLabels {
+        let i = &self.info;
+        let name = |w: &Option<Arc<Workload>>| {
+            w.as_ref()
+                .map_or("unknown".into(), |w| w.display_name().to_owned())
+        };
+        let ns = |w: &Option<Arc<Workload>>| {
+            w.as_ref().map_or("unknown".into(), |w| w.namespace.clone())
+        };
+        let canonical = |w: &Option<Arc<Workload>>| {
+            w.as_ref().map_or("unknown".into(), |w| {
+                if w.canonical_name.is_empty() {
+                    w.display_name().to_owned()
+                } else {
+                    w.canonical_name.clone()
+                }
+            })
+        };
+        let revision = |w: &Option<Arc<Workload>>| {
+            w.as_ref().map_or("unknown".into(), |w| {
+                if w.canonical_revision.is_empty() {
+                    "latest".into()
+                } else {
+                    w.canonical_revision.clone()
+                }
+            })
+        };
+        let cluster = |w: &Option<Arc<Workload>>| {
+            w.as_ref()
+                .map_or(cluster_id.to_owned(), |w| w.cluster_id.clone())
+        };
+        let dst_principal = i
+            .dst_workload
+            .as_ref()
+            .map_or("unknown".into(), |w| w.identity().to_string());
+        RequestLabels {
+            reporter: "waypoint",
+            source_workload: name(&i.src_workload),
+            source_canonical_service: canonical(&i.src_workload),
+            source_canonical_revision: revision(&i.src_workload),
+            source_workload_namespace: i
+                .src_identity
+                .as_ref()
+                .map_or_else(|| ns(&i.src_workload), |id| id.namespace.clone()),
+            source_principal: i
+                .src_identity
+                .as_ref()
+                .map_or("unknown".into(), |id| id.to_string()),
+            source_app: canonical(&i.src_workload),
+            source_version: revision(&i.src_workload),
+            source_cluster: cluster(&i.src_workload),
+            destination_workload: name(&i.dst_workload),
+            destination_workload_namespace: ns(&i.dst_workload),
+            destination_principal: dst_principal,
+            destination_app: canonical(&i.dst_workload),
+            destination_version: revision(&i.dst_workload),
+            destination_service: i
+                .dst_service
+                .as_ref()
+                .map_or("unknown".into(), |s| s.hostname.clone()),
+            destination_canonical_service: canonical(&i.dst_workload),
+            destination_canonical_revision: revision(&i.dst_workload),
+            destination_service_name: i
+                .dst_service
+                .as_ref()
+                .map_or("unknown".into(), |s| s.name.clone()),
+            destination_service_namespace: i
+                .dst_service
+                .as_ref()
+                .map_or("unknown".into(), |s| s.namespace.clone()),
+            destination_cluster: cluster(&i.dst_workload),
+            request_protocol: if i.grpc { "grpc" } else { "http" },
+            response_code: i.status.to_string(),
+            grpc_response_status: String::new(),
+            response_flags: i.flags(),
+            connection_security_policy: "mutual_tls",
+        }
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let labels = self.labels(&self.metrics.cluster_id);
+        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let sent = self.response_bytes.load(Ordering::Relaxed);
+        let m = &self.metrics;
+        m.requests.get_or_create(&labels).inc();
+        m.duration.get_or_create(&labels).observe(ms);
+        m.request_bytes
+            .get_or_create(&labels)
+            .observe(self.info.request_bytes as f64);
+        m.response_bytes.get_or_create(&labels).observe(sent as f64);
+        let i = &self.info;
+        tracing::event!(
+            target: "access",
+            tracing::Level::INFO,
+            src.addr = ?i.src_addr,
+            src.identity = %labels.source_principal,
+            dst.service = %labels.destination_service,
+            dst.workload = %labels.destination_workload,
+            dst.addr = ?i.dst_addr,
+            method = %i.method,
+            path = %i.path,
+            authority = %i.authority,
+            route = %i.route,
+            status = i.status,
+            flags = %labels.response_flags,
+            attempts = i.attempts,
+            duration_ms = format_args!("{ms:.1}"),
+            bytes_received = i.request_bytes,
+            bytes_sent = sent,
+            detail = i.detail.as_deref().unwrap_or("-"),
+            "request"
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! Sending a routed request to its backend: endpoint choice, circuit breaking, attempts under
+//! the per-try and route timeouts, retries with backoff, and the response (or the error the
+//! client sees, with Envoy's response flags).
+
+use super::retry::{self, Attempt};
+use super::{Body, counted, full, remaining};
+use crate::Waypoint;
+use crate::metrics::RequestRecord;
+use crate::server::Tunnel;
+use crate::upstream::SendError;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::sync::Arc;
+use waypoint_rules::{Mirror, RetryPolicy, RouteRule, WeightedBackend};
+
+/// A request body: kept whole (so it can be sent again), or streamed through once.
+pub enum RequestBody {
+    Kept(Bytes),
+    Streaming(Option<Body>),
+}
+
+impl RequestBody {
+    /// Reads the body if it is small enough to keep (see [`super::RETRY_BODY_LIMIT`]).
+    pub async fn read(
+        parts: &Parts,
+        incoming: Incoming,
+        record: &mut RequestRecord,
+    ) -> Result<Self, hyper::Error> {
+        use http_body::Body as _;
+        let length = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let small = match length {
+            Some(n) => n <= super::RETRY_BODY_LIMIT,
+            None => incoming.is_end_stream(),
+        };
+        if small {
+            let bytes = incoming.collect().await?.to_bytes();
+            record.info.request_bytes = bytes.len() as u64;
+            return Ok(RequestBody::Kept(bytes));
+        }
+        record.info.request_bytes = length.unwrap_or(0);
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        Ok(RequestBody::Streaming(Some(counted(incoming, count))))
+    }
+
+    /// The body for the next attempt; `None` once a streamed body has been sent.
+    fn next(&mut self) -> Option<Body> {
+        match self {
+            RequestBody::Kept(b) => Some(full(b.clone())),
+            RequestBody::Streaming(b) => b.take(),
+        }
+    }
+}
+
+/// The request to send: `parts` with `body`, in the form the upstream protocol wants (an
+/// absolute URI for HTTP/2, origin form for HTTP/1.1).
+fn build(parts: &Parts, body: Body, h2: bool) -> Request<Body> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.headers_mut() = parts.headers.clone();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_owned();
+    *req.uri_mut() = if h2 {
+        format!("http://{host}{pq}").parse().unwrap_or_default()
+    } else {
+        pq.parse().unwrap_or_default()
+    };
+    if h2 {
+        // HTTP/2 carries the host as `:authority`.
+        req.headers_mut().remove(http::header::HOST);
+    }
+    *req.version_mut() = if h2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    req
+}
+
+/// The protocol towards the backend: HTTP/1.1, which every HTTP server speaks, except for
+/// gRPC, which needs HTTP/2 (the local file declares no port protocols to go by).
+fn upstream_h2(tunnel: &Tunnel, grpc: bool) -> bool {
+    tunnel.h2 && grpc
+}
+
+/// Envoy's cluster name for a backend: `outbound|<port>|<subset>|<host>`.
+fn cluster_name(hostname: &str, port: u16, subset: Option<&str>) -> String {
+    format!("outbound|{port}|{}|{hostname}", subset.unwrap_or(""))
+}
+
+/// Copies a kept request to a mirror backend; the answer is dropped.
+pub fn mirror(
+    wp: &Arc<Waypoint>,
+    tunnel: &Arc<Tunnel>,
+    m: &Mirror,
+    parts: &Parts,
+    body: &RequestBody,
+) {
+    let RequestBody::Kept(bytes) = body else {
+        return;
+    };
+    let state = wp.state.snapshot();
+    let Some(svc) = state
+        .services()
+        .find(|s| s.namespace == m.service.namespace && s.name == m.service.name)
+        .cloned()
+    else {
+        tracing::debug!(mirror = %m.service, "mirror service unknown");
+        return;
+    };
+    let port = m.port.unwrap_or(tunnel.port);
+    let candidates = wp.endpoints.candidates(&state, &svc, port, None);
+    let Some(ep) = wp.endpoints.pick(&candidates, Default::default(), &[]) else {
+        return;
+    };
+    let mut parts = parts.clone();
+    // Envoy marks shadowed requests by appending `-shadow` to the host.
+    if let Some(h) = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        let shadow = format!("{h}-shadow");
+        if let Ok(v) = http::HeaderValue::from_str(&shadow) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+    }
+    let h2 = upstream_h2(
+        tunnel,
+        parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+    );
+    let req = build(&parts, full(bytes.clone()), h2);
+    let (wp, tunnel) = (wp.clone(), tunnel.clone());
+    tokio::spawn(async move {
+        match wp
+            .connections
+            .send(&ep, h2, req, Some(tunnel.client_addr), None)
+            .await
+        {
+            Ok(resp) => {
+                let _ = resp.into_body().collect().await;
+            }
+            Err(e) => tracing::debug!(error = %e, "mirror failed"),
+        }
+    });
+}
+
+/// The client's answer when no attempt produced a response.
+fn failure(record: &mut RequestRecord, a: &Attempt, why: String) -> Response<Body> {
+    let (status, flag, text) = match a {
+        Attempt::ConnectFailure => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UF",
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+        ),
+        Attempt::Reset => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UC",
+            "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+        ),
+        Attempt::Refused => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UR",
+            "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset",
+        ),
+        Attempt::PerTryTimeout | Attempt::Status(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "UT",
+            "upstream request timeout",
+        ),
+    };
+    record.info.flag(flag);
+    record.info.detail = Some(why);
+    plain(status, text)
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// Sends the request to `backend` with the rule's timeouts and retries.
+pub async fn forward(
+    wp: &Arc<Waypoint>,
+    tunnel: &Arc<Tunnel>,
+    rule: &RouteRule,
+    backend: &WeightedBackend,
+    parts: Parts,
+    mut body: RequestBody,
+    record: &mut RequestRecord,
+) -> Response<Body> {
+    let state = wp.state.snapshot();
+    let rules = wp.rules.snapshot();
+    let port = backend.port.unwrap_or(tunnel.port);
+    let traffic = rules
+        .traffic
+        .get(&backend.service)
+        .cloned()
+        .unwrap_or_default();
+    let svc = state
+        .services()
+        .find(|s| s.namespace == backend.service.namespace && s.name == backend.service.name)
+        .cloned();
+    let (candidates, cluster) = match svc {
+        Some(svc) => {
+            let subset = match &backend.subset {
+                Some(name) => match traffic.subsets.get(name) {
+                    Some(labels) => Some(labels),
+                    None => {
+                        record.info.flag("NR");
+                        record.info.detail = Some(format!(
+                            "subset {name} of {} is not defined by a DestinationRule",
+                            backend.service
+                        ));
+                        return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+                    }
+                },
+                None => None,
+            };
+            record.info.dst_service = Some(svc.clone());
+            (
+                wp.endpoints.candidates(&state, &svc, port, subset),
+                cluster_name(&svc.hostname, port, backend.subset.as_deref()),
+            )
+        }
+        // A workload addressed directly: that workload.
+        None if tunnel.service.is_none() && backend.service == tunnel.target => {
+            let Some(w) = state.workload_by_ip(&wp.cfg.network, tunnel.authority.ip()) else {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+            };
+            (
+                vec![wp.endpoints.workload(w.clone(), tunnel.authority)],
+                format!("inbound-vip|{}|http|{}", tunnel.authority.port(), w.name),
+            )
+        }
+        None => {
+            record.info.flag("NR");
+            record.info.detail = Some(format!("backend service {} unknown", backend.service));
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        }
+    };
+    let Some(_admission) = wp
+        .breakers
+        .admit(&backend.service, &traffic.connection_pool)
+        .await
+    else {
+        record.info.flag("UO");
+        record.info.detail = Some(format!("circuit breaker of {} open", backend.service));
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        );
+    };
+
+    let h2 = upstream_h2(tunnel, record.info.grpc);
+    let policy = rule
+        .retry
+        .clone()
+        .unwrap_or_else(RetryPolicy::istio_default);
+    let deadline = rule
+        .timeout
+        .filter(|t| !t.is_zero())
+        .map(|t| tokio::time::Instant::now() + t);
+    let mut tried = Vec::new();
+    let mut n = 0u32;
+    loop {
+        if n > 0 {
+            let wait = retry::backoff(&policy, n);
+            if remaining(deadline).is_some_and(|left| left <= wait) {
+                return timed_out(record);
+            }
+            tokio::time::sleep(wait).await;
+        }
+        let Some(ep) = wp
+            .endpoints
+            .pick(&candidates, traffic.load_balancer, &tried)
+        else {
+            record.info.flag("UH");
+            record.info.detail = Some(format!("{cluster} has no healthy endpoint"));
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        };
+        // Only a kept body is retried (see `may_retry`), so a body is always at hand here.
+        let Some(req_body) = body.next() else {
+            record.info.detail = Some("the streamed request body was already sent".into());
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no request body to retry with",
+            );
+        };
+        n += 1;
+        record.info.attempts = n;
+        record.info.dst_workload = Some(ep.workload.clone());
+        record.info.dst_addr = Some(ep.addr);
+        tried.push(ep.addr);
+        wp.metrics.attempt(&cluster, n > 1);
+        let _in_flight = ep.start();
+        let req = build(&parts, req_body, h2);
+        let send = wp.connections.send(
+            &ep,
+            h2,
+            req,
+            Some(tunnel.client_addr),
+            traffic.connection_pool.connect_timeout,
+        );
+        let limit = match (policy.per_try_timeout, remaining(deadline)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let result = match limit {
+            Some(l) => tokio::time::timeout(l, send).await.ok(),
+            None => Some(send.await),
+        };
+        if result.is_none() && remaining(deadline).is_some_and(|l| l.is_zero()) {
+            wp.endpoints
+                .report(&ep, true, traffic.outlier.as_ref(), &candidates);
+            return timed_out(record);
+        }
+        let (attempt, why, response) = match result {
+            Some(Ok(resp)) => (
+                Attempt::Status(resp.status().as_u16()),
+                String::new(),
+                Some(resp),
+            ),
+            Some(Err(e)) => {
+                let a = match &e {
+                    SendError::Connect { .. } => Attempt::ConnectFailure,
+                    SendError::Reset { .. } => Attempt::Reset,
+                    SendError::Refused { .. } => Attempt::Refused,
+                };
+                (a, e.to_string(), None)
+            }
+            None => (
+                Attempt::PerTryTimeout,
+                format!("{} did not answer within the per-try timeout", ep.addr),
+                None,
+            ),
+        };
+        let failed = !matches!(attempt, Attempt::Status(s) if s < 500);
+        wp.endpoints
+            .report(&ep, failed, traffic.outlier.as_ref(), &candidates);
+        let may_retry = n <= policy.attempts
+            && matches!(body, RequestBody::Kept(_))
+            && retry::retriable(&policy.on, &attempt);
+        if may_retry {
+            tracing::debug!(attempt = n, endpoint = %ep.addr, outcome = ?attempt, "retrying");
+            continue;
+        }
+        if n > 1 && retry::retriable(&policy.on, &attempt) {
+            record.info.flag("URX");
+        }
+        return match response {
+            Some(resp) => {
+                let (head, incoming) = resp.into_parts();
+                let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                Response::from_parts(head, counted(incoming, count))
+            }
+            None => failure(record, &attempt, why),
+        };
+    }
+}
+
+fn timed_out(record: &mut RequestRecord) -> Response<Body> {
+    record.info.flag("UT");
+    record.info.detail = Some("the route timeout expired".into());
+    plain(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+}

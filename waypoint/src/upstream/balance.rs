@@ -1,0 +1,298 @@
+//! Choosing an endpoint: a service's healthy endpoints (narrowed to a subset), minus those
+//! that outlier detection has ejected, by the DestinationRule's load balancer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use waypoint_rules::{LoadBalancer, OutlierDetection};
+use ztunnel::state::{Service, State, Workload};
+
+/// What the waypoint remembers of one endpoint across requests.
+#[derive(Debug, Default)]
+struct Stats {
+    in_flight: AtomicU32,
+    outlier: Mutex<Outlier>,
+}
+
+#[derive(Debug, Default)]
+struct Outlier {
+    consecutive_5xx: u32,
+    ejected_until: Option<Instant>,
+    times_ejected: u32,
+}
+
+impl Stats {
+    fn ejected(&self, now: Instant) -> bool {
+        let o = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
+        o.ejected_until.is_some_and(|t| t > now)
+    }
+}
+
+/// One endpoint to send to.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub workload: Arc<Workload>,
+    /// The pod IP and target port.
+    pub addr: SocketAddr,
+    stats: Arc<Stats>,
+}
+
+/// Counts a request against its endpoint while it lasts (least-request balancing).
+pub struct InFlight(Arc<Stats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Endpoint {
+    pub fn start(&self) -> InFlight {
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.stats.clone())
+    }
+}
+
+/// Endpoint statistics and balancer state, kept across requests and rule changes.
+#[derive(Default)]
+pub struct EndpointSet {
+    stats: Mutex<HashMap<SocketAddr, Arc<Stats>>>,
+    round_robin: AtomicUsize,
+}
+
+impl EndpointSet {
+    /// The endpoints of `svc` for its port `port`, narrowed to `subset`'s labels (`version`
+    /// matched against the workload's canonical revision).
+    pub fn candidates(
+        &self,
+        state: &State,
+        svc: &Service,
+        port: u16,
+        subset: Option<&BTreeMap<String, String>>,
+    ) -> Vec<Endpoint> {
+        let like = svc
+            .vips
+            .first()
+            .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |v| {
+                v.address
+            });
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .endpoints(svc, port, like)
+            .into_iter()
+            .filter(|(w, _)| {
+                subset.is_none_or(|labels| {
+                    labels
+                        .get("version")
+                        .is_none_or(|v| &w.canonical_revision == v)
+                })
+            })
+            .map(|(workload, addr)| Endpoint {
+                stats: stats.entry(addr).or_default().clone(),
+                workload,
+                addr,
+            })
+            .collect()
+    }
+
+    /// A workload addressed directly (a waypoint for workloads), as an endpoint.
+    pub fn workload(&self, workload: Arc<Workload>, addr: SocketAddr) -> Endpoint {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        Endpoint {
+            stats: stats.entry(addr).or_default().clone(),
+            workload,
+            addr,
+        }
+    }
+
+    /// Picks one of `candidates`, avoiding ejected endpoints (unless all are) and, for a
+    /// retry, the ones already tried (unless nothing else is left).
+    pub fn pick(
+        &self,
+        candidates: &[Endpoint],
+        lb: LoadBalancer,
+        tried: &[SocketAddr],
+    ) -> Option<Endpoint> {
+        let now = Instant::now();
+        let healthy: Vec<&Endpoint> = candidates
+            .iter()
+            .filter(|e| !e.stats.ejected(now))
+            .collect();
+        let pool: Vec<&Endpoint> = if healthy.is_empty() {
+            candidates.iter().collect()
+        } else {
+            healthy
+        };
+        let fresh: Vec<&Endpoint> = pool
+            .iter()
+            .copied()
+            .filter(|e| !tried.contains(&e.addr))
+            .collect();
+        let pool = if fresh.is_empty() { pool } else { fresh };
+        let n = pool.len();
+        if n == 0 {
+            return None;
+        }
+        let chosen = match lb {
+            LoadBalancer::RoundRobin => pool[self.round_robin.fetch_add(1, Ordering::Relaxed) % n],
+            LoadBalancer::Random => pool[fastrand::usize(..n)],
+            // Envoy's least request: the less loaded of two picked at random.
+            LoadBalancer::LeastRequest => {
+                let a = pool[fastrand::usize(..n)];
+                let b = pool[fastrand::usize(..n)];
+                if b.stats.in_flight.load(Ordering::Relaxed)
+                    < a.stats.in_flight.load(Ordering::Relaxed)
+                {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        Some(chosen.clone())
+    }
+
+    /// Records an attempt's outcome for outlier detection: `failed` is a 5xx or no response.
+    /// Ejects the endpoint after `consecutive_5xx` failures in a row, for
+    /// `base_ejection_time` times the number of its ejections, unless that would eject more
+    /// than `max_ejection_percent` of `candidates` (one ejection is always allowed, as in
+    /// Envoy).
+    pub fn report(
+        &self,
+        ep: &Endpoint,
+        failed: bool,
+        detection: Option<&OutlierDetection>,
+        candidates: &[Endpoint],
+    ) {
+        let Some(d) = detection else { return };
+        let now = Instant::now();
+        let ejected = candidates.iter().filter(|e| e.stats.ejected(now)).count();
+        let mut o = ep.stats.outlier.lock().unwrap_or_else(|p| p.into_inner());
+        if !failed {
+            o.consecutive_5xx = 0;
+            return;
+        }
+        o.consecutive_5xx += 1;
+        let allowed = ejected == 0
+            || (ejected + 1) * 100 <= candidates.len() * d.max_ejection_percent as usize;
+        if o.consecutive_5xx >= d.consecutive_5xx.max(1)
+            && o.ejected_until.is_none_or(|t| t <= now)
+            && allowed
+        {
+            o.times_ejected += 1;
+            o.consecutive_5xx = 0;
+            let until = now + d.base_ejection_time * o.times_ejected;
+            o.ejected_until = Some(until);
+            tracing::info!(endpoint = %ep.addr, for_ = ?(until - now), "outlier detection: endpoint ejected");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn endpoints(set: &EndpointSet, n: u8) -> Vec<Endpoint> {
+        let mut stats = set.stats.lock().unwrap();
+        (0..n)
+            .map(|i| {
+                let addr = SocketAddr::from(([10, 0, 0, i + 1], 8080));
+                Endpoint {
+                    workload: Arc::new(test_workload(i)),
+                    addr,
+                    stats: stats.entry(addr).or_default().clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn test_workload(i: u8) -> Workload {
+        let yaml = format!(
+            "workloads:\n- name: w{i}\n  namespace: default\n  workloadIps: [\"10.0.0.{}\"]\n",
+            i + 1
+        );
+        let defaults = ztunnel::discovery::local::Defaults {
+            trust_domain: "cluster.local".into(),
+            cluster_id: "Kubernetes".into(),
+        };
+        let state =
+            ztunnel::discovery::local::parse(std::path::Path::new("t.yaml"), &yaml, &defaults)
+                .unwrap();
+        state.workloads().next().unwrap().as_ref().clone()
+    }
+
+    #[test]
+    fn round_robin_visits_every_endpoint_in_turn() {
+        let set = EndpointSet::default();
+        let eps = endpoints(&set, 3);
+        let picked: Vec<_> = (0..6)
+            .map(|_| set.pick(&eps, LoadBalancer::RoundRobin, &[]).unwrap().addr)
+            .collect();
+        assert_eq!(picked[0..3], picked[3..6]);
+        let mut first: Vec<_> = picked[0..3].to_vec();
+        first.sort();
+        first.dedup();
+        assert_eq!(first.len(), 3);
+    }
+
+    #[test]
+    fn least_request_prefers_the_idle_endpoint() {
+        let set = EndpointSet::default();
+        let eps = endpoints(&set, 2);
+        let _busy: Vec<_> = (0..5).map(|_| eps[0].start()).collect();
+        let idle = (0..200)
+            .filter(|_| {
+                set.pick(&eps, LoadBalancer::LeastRequest, &[])
+                    .unwrap()
+                    .addr
+                    == eps[1].addr
+            })
+            .count();
+        // P2C picks the busy one only when both draws hit it: about a quarter of the time.
+        assert!(idle > 120, "idle endpoint chosen {idle}/200 times");
+    }
+
+    #[test]
+    fn a_retry_avoids_the_endpoint_already_tried() {
+        let set = EndpointSet::default();
+        let eps = endpoints(&set, 2);
+        for _ in 0..20 {
+            let e = set
+                .pick(&eps, LoadBalancer::Random, &[eps[0].addr])
+                .unwrap();
+            assert_eq!(e.addr, eps[1].addr);
+        }
+    }
+
+    #[test]
+    fn consecutive_errors_eject_an_endpoint_within_the_percentage() {
+        let set = EndpointSet::default();
+        let eps = endpoints(&set, 2);
+        let d = OutlierDetection {
+            consecutive_5xx: 2,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 50,
+        };
+        set.report(&eps[0], true, Some(&d), &eps);
+        assert!(
+            !eps[0].stats.ejected(Instant::now()),
+            "one error is not enough"
+        );
+        set.report(&eps[0], true, Some(&d), &eps);
+        assert!(eps[0].stats.ejected(Instant::now()));
+        for _ in 0..20 {
+            assert_eq!(
+                set.pick(&eps, LoadBalancer::Random, &[]).unwrap().addr,
+                eps[1].addr
+            );
+        }
+        // 50% of two endpoints: the second may not be ejected as well.
+        set.report(&eps[1], true, Some(&d), &eps);
+        set.report(&eps[1], true, Some(&d), &eps);
+        assert!(!eps[1].stats.ejected(Instant::now()));
+    }
+}
