@@ -7,6 +7,9 @@
 //!   the direct ones); direct goes to an unenrolled twin of the server pod on the same node,
 //!   since the server pod's inbound is captured whenever it is enrolled.
 
+#[path = "bench_waypoint.rs"]
+mod waypoint;
+
 use mesh_tests::cluster::{Cluster, NodeAgent};
 use mesh_tests::{NetNs, Topology};
 use std::io::{Read, Write};
@@ -339,6 +342,10 @@ fn scene(mode: &str, bins: &std::path::Path) -> anyhow::Result<Scene> {
 pub fn run(rounds: usize, modes: &[&str]) -> anyhow::Result<()> {
     let bins = crate::build(true)?;
     for mode in modes {
+        if *mode == "waypoint" {
+            waypoint::run(rounds, &bins)?;
+            continue;
+        }
         let sc = scene(mode, &bins)?;
         let result = measure(&sc, mode, rounds);
         // Whatever happened, leave the watched cgroup before it is removed.

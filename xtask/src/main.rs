@@ -13,7 +13,7 @@ use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const USAGE: &str = "usage: cargo xtask <setup | build-ebpf | demo [--no-setup] | test | bench [--rounds N] [--mode shared|dedicated]>";
+const USAGE: &str = "usage: cargo xtask <setup | build-ebpf | demo [--no-setup] | test | bench [--rounds N] [--mode shared|dedicated|waypoint]>";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -41,7 +41,9 @@ fn main() -> anyhow::Result<()> {
             while let Some(flag) = it.next() {
                 match (flag.as_str(), it.next()) {
                     ("--rounds", Some(n)) => rounds = n.parse().context("--rounds")?,
-                    ("--mode", Some(m)) if m == "shared" || m == "dedicated" => {
+                    ("--mode", Some(m))
+                        if ["shared", "dedicated", "waypoint"].contains(&m.as_str()) =>
+                    {
                         modes = vec![m.as_str()]
                     }
                     _ => anyhow::bail!("{USAGE}"),
