@@ -192,6 +192,7 @@ async fn read_prefix(mut stream: H2Stream) -> Option<(Sniffed, Bytes, H2Stream)>
 }
 
 async fn serve_http(wp: Arc<Waypoint>, tunnel: Arc<Tunnel>, io: Rewind) {
+    let h2 = tunnel.h2;
     let svc = hyper::service::service_fn(move |req| {
         let (wp, tunnel) = (wp.clone(), tunnel.clone());
         async move {
@@ -201,10 +202,6 @@ async fn serve_http(wp: Arc<Waypoint>, tunnel: Arc<Tunnel>, io: Rewind) {
         }
     });
     let io = TokioIo::new(io);
-    let h2 = {
-        let t: &Rewind = io.inner();
-        t.prefix.starts_with(H2_PREFACE)
-    };
     let result = if h2 {
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .serve_connection(io, svc)
