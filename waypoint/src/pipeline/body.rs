@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -19,24 +19,13 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-pub fn empty() -> Body {
-    full(Bytes::new())
-}
-
-/// A received body as a [`Body`], counting its data bytes into `count`.
-pub fn counted<B>(body: B, count: std::sync::Arc<AtomicU64>) -> Body
+/// A received body as a [`Body`].
+pub fn boxed<B>(body: B) -> Body
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_frame(move |f| {
-        if let Some(d) = f.data_ref() {
-            count.fetch_add(d.len() as u64, Ordering::Relaxed);
-        }
-        f
-    })
-    .map_err(Into::into)
-    .boxed_unsync()
+    body.map_err(Into::into).boxed_unsync()
 }
 
 /// The response body to the client: the record lives (and the clock runs) until the last

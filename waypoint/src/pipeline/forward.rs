@@ -3,7 +3,7 @@
 //! client sees, with Envoy's response flags).
 
 use super::retry::{self, Attempt};
-use super::{Body, counted, full, remaining};
+use super::{Body, boxed, full, remaining};
 use crate::Waypoint;
 use crate::metrics::RequestRecord;
 use crate::server::Tunnel;
@@ -43,9 +43,9 @@ impl RequestBody {
             record.info.request_bytes = bytes.len() as u64;
             return Ok(RequestBody::Kept(bytes));
         }
+        // Streamed: its declared length is what the metrics get.
         record.info.request_bytes = length.unwrap_or(0);
-        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        Ok(RequestBody::Streaming(Some(counted(incoming, count))))
+        Ok(RequestBody::Streaming(Some(boxed(incoming))))
     }
 
     /// The body for the next attempt; `None` once a streamed body has been sent.
@@ -373,8 +373,7 @@ pub async fn forward(
         return match response {
             Some(resp) => {
                 let (head, incoming) = resp.into_parts();
-                let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
-                Response::from_parts(head, counted(incoming, count))
+                Response::from_parts(head, boxed(incoming))
             }
             None => failure(record, &attempt, why),
         };

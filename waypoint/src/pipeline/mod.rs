@@ -7,7 +7,7 @@ mod filters;
 mod forward;
 pub mod retry;
 
-pub use body::{Body, BoxError, Metered, counted, empty, full};
+pub use body::{Body, Metered, boxed, full};
 
 use crate::Waypoint;
 use crate::metrics::{RequestInfo, RequestRecord};
