@@ -125,11 +125,7 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            tracing::error!(error = %e, "encoding metrics");
-        }
-        out
+        ztunnel::metrics::encode(&self.registry)
     }
 
     /// One attempt sent to `cluster`; `retry` when it is not the first.

@@ -82,12 +82,17 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            tracing::error!(error = %e, "encoding metrics");
-        }
-        out
+        encode(&self.registry)
     }
+}
+
+/// `registry` in Prometheus text exposition (also the waypoint's).
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::error!(error = %e, "encoding metrics");
+    }
+    out
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

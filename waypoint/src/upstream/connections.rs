@@ -162,19 +162,12 @@ impl Connections {
         connect_timeout: Option<std::time::Duration>,
     ) -> Result<http1::SendRequest<Body>, SendError> {
         let io = self.dial(ep, forwarded_for, connect_timeout).await?;
+        let addr = ep.addr;
         let (mut sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| SendError::Connect {
-                addr: ep.addr,
-                why: e.to_string(),
-            })?;
-        let addr = ep.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
-            }
-        });
+            .map_err(|e| handshake_failed(addr, e))?;
+        drive(addr, "HTTP/1.1", conn);
         sender.ready().await.map_err(|e| classify(addr, e))?;
         Ok(sender)
     }
@@ -194,23 +187,35 @@ impl Connections {
             }
         }
         let io = self.dial(ep, forwarded_for, connect_timeout).await?;
+        let addr = ep.addr;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| SendError::Connect {
-                addr: ep.addr,
-                why: e.to_string(),
-            })?;
-        let addr = ep.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
+            .map_err(|e| handshake_failed(addr, e))?;
+        drive(addr, "HTTP/2", conn);
         let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(ep.addr, sender.clone());
         Ok(sender)
     }
+}
+
+fn handshake_failed(addr: SocketAddr, e: hyper::Error) -> SendError {
+    SendError::Connect {
+        addr,
+        why: e.to_string(),
+    }
+}
+
+/// Runs an upstream connection's I/O until it ends.
+fn drive<C>(addr: SocketAddr, protocol: &'static str, conn: C)
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, protocol, error = %e, "upstream connection ended");
+        }
+    });
 }
 
 /// A failed exchange: refused stream (HTTP/2), else a reset.
