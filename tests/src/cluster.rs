@@ -2,7 +2,7 @@
 //! for its pods through a bridge) with an agent each, and "pods" (namespaces on a node's
 //! bridge), some enrolled (their `netns` in the config file) and some not. The cgroup
 //! programs attach to a child cgroup made here, and pod commands run inside it. Each node's
-//! agent pins its maps and links in a folder of its own under `/sys/fs/bpf` (see
+//! agent pins its maps and links in a folder of its own on the cluster's own bpffs (see
 //! [`PinRoot`]).
 
 use crate::cleanup::{self, Registration};
@@ -49,34 +49,51 @@ impl Cgroup {
     }
 }
 
-/// A folder under `/sys/fs/bpf` unique to one cluster, holding each node agent's pin folder
-/// (`<root>/<node name>`). On drop, whatever the agents left pinned there is detached and
-/// removed (with `ztunnel uninstall`, then by removing the files), even when a test failed.
+/// A bpf filesystem of one cluster's own, mounted at a unique folder, holding each node
+/// agent's pin folder (`<root>/<node name>`). Nothing is mounted at or pinned under the host's
+/// `/sys/fs/bpf` (mounting a bpffs there would leave the kernel's `progs.debug` and
+/// `maps.debug` behind). On drop, whatever the agents left pinned is detached (`ztunnel
+/// uninstall`), the filesystem is unmounted and the folder removed, even when a test failed.
 pub struct PinRoot {
     pub path: PathBuf,
     _cleanup: Registration,
 }
 
 impl PinRoot {
-    fn new(ztunnel: &Path, nodes: &[&str]) -> Self {
-        let path = PathBuf::from("/sys/fs/bpf").join(crate::unique("mesh-test-"));
+    fn new(ztunnel: &Path, nodes: &[&str]) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(crate::unique("mesh-bpffs-"));
+        std::fs::create_dir_all(&path)?;
         let (root, bin) = (path.clone(), ztunnel.to_owned());
         let dirs: Vec<PathBuf> = nodes.iter().map(|n| path.join(n)).collect();
-        PinRoot {
-            path,
-            _cleanup: cleanup::register(move || {
-                for dir in dirs {
-                    if dir.exists() {
-                        let _ = Command::new(&bin)
-                            .arg("uninstall")
-                            .arg("--bpf-pin-dir")
-                            .arg(&dir)
-                            .output();
-                    }
+        let cleanup = cleanup::register(move || {
+            for dir in dirs {
+                if dir.exists() {
+                    let _ = Command::new(&bin)
+                        .arg("uninstall")
+                        .arg("--bpf-pin-dir")
+                        .arg(&dir)
+                        .output();
                 }
-                let _ = std::fs::remove_dir_all(&root);
-            }),
-        }
+            }
+            // Lazily: an agent still running (holding its pin folder open) must not keep
+            // the mount alive in the host's tree; it goes when the last user does.
+            let _ = Command::new("umount").arg("-l").arg(&root).output();
+            let _ = std::fs::remove_dir_all(&root);
+        });
+        let out = Command::new("mount")
+            .args(["-t", "bpf", "-o", "mode=0700", "bpf"])
+            .arg(&path)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "mounting a bpf filesystem at {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(PinRoot {
+            path,
+            _cleanup: cleanup,
+        })
     }
 }
 
@@ -349,7 +366,7 @@ impl Cluster {
         );
         let cgroup = Cgroup::new()?;
         let node_names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-        let pins = PinRoot::new(&ztunnel, &node_names);
+        let pins = PinRoot::new(&ztunnel, &node_names)?;
         let c = Cluster {
             dir,
             ztunnel,

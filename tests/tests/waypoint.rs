@@ -100,12 +100,13 @@ fn services(c: &Cluster) -> String {
     )
 }
 
+/// Fields drop in order: the processes go before the cluster they run in.
 struct Scene {
-    c: Cluster,
-    rules: PathBuf,
     waypoint: Process,
     _agents: (NodeAgent, NodeAgent),
     _backends: (Backend, Backend),
+    rules: PathBuf,
+    c: Cluster,
 }
 
 impl Scene {
