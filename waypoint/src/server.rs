@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use waypoint_rules::ObjectRef;
+use waypoint_rules::{ObjectRef, Peer};
 use ztunnel::hbone::H2Stream;
 use ztunnel::hbone::server::IncomingStream;
 use ztunnel::identity::Identity;
@@ -30,11 +30,24 @@ pub struct Tunnel {
     /// The service port the client dialled.
     pub port: u16,
     pub peer_identity: Identity,
+    /// The peer's principal in Istio's policy form (`<td>/ns/<ns>/sa/<sa>`).
+    pub principal: String,
     /// The original client, from `forwarded` (else the tunnel's peer).
     pub client_addr: SocketAddr,
     pub client_workload: Option<Arc<Workload>>,
     /// The client spoke HTTP/2 (and so does the waypoint to the backend).
     pub h2: bool,
+}
+
+impl Tunnel {
+    /// Who sent the tunnel's requests, as authorization sees it.
+    pub fn peer(&self) -> Peer<'_> {
+        Peer {
+            principal: Some(&self.principal),
+            namespace: Some(&self.peer_identity.namespace),
+            ip: self.client_addr.ip(),
+        }
+    }
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -154,6 +167,10 @@ pub async fn handle_stream(wp: Arc<Waypoint>, incoming: IncomingStream) {
         service,
         authority,
         port: authority.port(),
+        principal: peer_identity
+            .to_string()
+            .trim_start_matches("spiffe://")
+            .to_owned(),
         peer_identity,
         client_addr,
         client_workload,

@@ -6,7 +6,7 @@ use crate::server::Tunnel;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
-use waypoint_rules::{Peer, RequestView};
+use waypoint_rules::RequestView;
 
 /// Copies `io` to an endpoint and back.
 pub async fn passthrough<S>(
@@ -17,13 +17,6 @@ pub async fn passthrough<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let principal = tunnel.peer_identity.to_string();
-    let principal = principal.trim_start_matches("spiffe://");
-    let peer = Peer {
-        principal: Some(principal),
-        namespace: Some(&tunnel.peer_identity.namespace),
-        ip: tunnel.client_addr.ip(),
-    };
     // No HTTP here: rules that name methods or paths match nothing (so an ALLOW that needs
     // them does not allow TCP).
     let headers = http::HeaderMap::new();
@@ -36,7 +29,7 @@ pub async fn passthrough<S>(
         port: tunnel.port,
     };
     let rules = wp.rules.snapshot();
-    if let Err(denied) = rules.authorize(&tunnel.target, &peer, &view) {
+    if let Err(denied) = rules.authorize(&tunnel.target, &tunnel.peer(), &view) {
         tracing::event!(target: "access", tracing::Level::WARN, src.identity = %tunnel.peer_identity, %authority, error = %denied, "TCP connection denied");
         return;
     }

@@ -245,6 +245,13 @@ impl State {
         self.services.get(*self.service_by_vip.get(&key)?)
     }
 
+    /// The service `namespace/name`.
+    pub fn service_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
+        self.services
+            .iter()
+            .find(|s| s.namespace == namespace && s.name == name)
+    }
+
     /// The service whose hostname is `host` (any namespace).
     pub fn service_by_hostname(&self, host: &str) -> Option<&Arc<Service>> {
         self.services.iter().find(|s| s.hostname == host)

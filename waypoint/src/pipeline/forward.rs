@@ -14,7 +14,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::Arc;
-use waypoint_rules::{Mirror, RetryPolicy, RouteRule, WeightedBackend};
+use waypoint_rules::{Mirror, RetryPolicy, RouteRule, TrafficPolicy, WeightedBackend};
 
 /// A request body: kept whole (so it can be sent again), or streamed through once.
 pub enum RequestBody {
@@ -109,21 +109,18 @@ pub fn mirror(
     m: &Mirror,
     parts: &Parts,
     body: &RequestBody,
+    grpc: bool,
 ) {
     let RequestBody::Kept(bytes) = body else {
         return;
     };
     let state = wp.state.snapshot();
-    let Some(svc) = state
-        .services()
-        .find(|s| s.namespace == m.service.namespace && s.name == m.service.name)
-        .cloned()
-    else {
+    let Some(svc) = state.service_by_name(&m.service.namespace, &m.service.name) else {
         tracing::debug!(mirror = %m.service, "mirror service unknown");
         return;
     };
     let port = m.port.unwrap_or(tunnel.port);
-    let candidates = wp.endpoints.candidates(&state, &svc, port, None);
+    let candidates = wp.endpoints.candidates(&state, svc, port, None);
     let Some(ep) = wp.endpoints.pick(&candidates, Default::default(), &[]) else {
         return;
     };
@@ -139,13 +136,7 @@ pub fn mirror(
             parts.headers.insert(http::header::HOST, v);
         }
     }
-    let h2 = upstream_h2(
-        tunnel,
-        parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
-    );
+    let h2 = upstream_h2(tunnel, grpc);
     let req = build(&parts, full(bytes.clone()), h2);
     let (wp, tunnel) = (wp.clone(), tunnel.clone());
     tokio::spawn(async move {
@@ -201,27 +192,40 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     r
 }
 
-/// Sends the request to `backend` with the rule's timeouts and retries.
+/// Where a routed request goes: its rule, the backend picked by weight, and the backend's
+/// DestinationRule policy, if any.
+pub struct Target<'a> {
+    pub rule: &'a RouteRule,
+    pub backend: &'a WeightedBackend,
+    pub traffic: Option<&'a TrafficPolicy>,
+}
+
+/// Sends the request to its target with the rule's timeouts and retries.
 pub async fn forward(
     wp: &Arc<Waypoint>,
     tunnel: &Arc<Tunnel>,
-    rule: &RouteRule,
-    backend: &WeightedBackend,
+    target: Target<'_>,
     parts: Parts,
     mut body: RequestBody,
     record: &mut RequestRecord,
 ) -> Response<Body> {
+    let Target {
+        rule,
+        backend,
+        traffic,
+    } = target;
     let state = wp.state.snapshot();
-    let rules = wp.rules.snapshot();
     let port = backend.port.unwrap_or(tunnel.port);
-    let traffic = rules
-        .traffic
-        .get(&backend.service)
-        .cloned()
-        .unwrap_or_default();
+    let fallback;
+    let traffic = match traffic {
+        Some(t) => t,
+        None => {
+            fallback = TrafficPolicy::default();
+            &fallback
+        }
+    };
     let svc = state
-        .services()
-        .find(|s| s.namespace == backend.service.namespace && s.name == backend.service.name)
+        .service_by_name(&backend.service.namespace, &backend.service.name)
         .cloned();
     let (candidates, cluster) = match svc {
         Some(svc) => {

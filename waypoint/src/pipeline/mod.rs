@@ -16,7 +16,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Duration;
-use waypoint_rules::{Action, Peer, RequestView, RouteRule, WeightedBackend};
+use waypoint_rules::{Action, RequestView, RouteRule, WeightedBackend};
 
 /// Request bodies up to this size are kept so that the request can be retried or mirrored
 /// (Envoy's default buffer limit is 1 MiB too); larger or unsized (chunked) bodies stream
@@ -58,13 +58,6 @@ pub async fn handle(
     };
     let mut record = RequestRecord::new(wp.metrics.clone(), info);
     let rules = wp.rules.snapshot();
-    let principal = tunnel.peer_identity.to_string();
-    let principal = principal.trim_start_matches("spiffe://").to_owned();
-    let peer = Peer {
-        principal: Some(&principal),
-        namespace: Some(&tunnel.peer_identity.namespace),
-        ip: tunnel.client_addr.ip(),
-    };
     let view = RequestView {
         method: &parts.method,
         path: parts.uri.path(),
@@ -74,7 +67,7 @@ pub async fn handle(
         port: tunnel.port,
     };
 
-    if let Err(denied) = rules.authorize(&tunnel.target, &peer, &view) {
+    if let Err(denied) = rules.authorize(&tunnel.target, &tunnel.peer(), &view) {
         record.info.detail = Some(denied.to_string());
         return local(record, StatusCode::FORBIDDEN, "RBAC: access denied", None);
     }
@@ -143,10 +136,22 @@ pub async fn handle(
     };
     for m in &rule.mirrors {
         if chance(m.percent) {
-            forward::mirror(&wp, &tunnel, m, &parts, &body);
+            forward::mirror(&wp, &tunnel, m, &parts, &body, record.info.grpc);
         }
     }
-    let response = forward::forward(&wp, &tunnel, &rule, backend, parts, body, &mut record).await;
+    let response = forward::forward(
+        &wp,
+        &tunnel,
+        forward::Target {
+            rule: &rule,
+            backend,
+            traffic: rules.traffic.get(&backend.service),
+        },
+        parts,
+        body,
+        &mut record,
+    )
+    .await;
     let (mut head, resp_body) = response.into_parts();
     filters::apply_headers(&rule.response_headers, &mut head.headers);
     record.info.status = head.status.as_u16();

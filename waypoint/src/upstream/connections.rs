@@ -34,6 +34,9 @@ pub enum SendError {
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
+/// Where every pod's agent (or waypoint) accepts HBONE.
+const HBONE_PORT: u16 = 15008;
+
 /// The most idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 64;
 
@@ -42,7 +45,6 @@ pub struct Connections {
     hbone: Pool,
     dialer: Dialer,
     identity: Identity,
-    hbone_port: u16,
     http1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
     http2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
 }
@@ -53,7 +55,6 @@ impl Connections {
             hbone,
             dialer,
             identity,
-            hbone_port: 15008,
             http1: Default::default(),
             http2: Default::default(),
         }
@@ -91,7 +92,7 @@ impl Connections {
                 key: PoolKey::new(
                     self.identity.clone(),
                     vec![ep.workload.identity()],
-                    SocketAddr::new(addr.ip(), self.hbone_port),
+                    SocketAddr::new(addr.ip(), HBONE_PORT),
                 ),
                 authority: addr,
                 forwarded_for,
