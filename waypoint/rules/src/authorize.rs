@@ -54,22 +54,24 @@ impl Rules {
                 });
             }
         }
-        let allows: Vec<&L7Policy> = self
+        let mut allows = self
             .authz
             .iter()
             .filter(applies)
             .filter(|p| p.action == AuthzAction::Allow)
-            .collect();
-        if allows.is_empty()
-            || allows
-                .iter()
-                .any(|p| p.rules.iter().any(|r| r.matches(peer, req)))
+            .peekable();
+        if allows.peek().is_none() {
+            return Ok(());
+        }
+        if allows
+            .clone()
+            .any(|p| p.rules.iter().any(|r| r.matches(peer, req)))
         {
             return Ok(());
         }
+        // Denied: only now are the names worth building.
         Err(Denied {
             policy: allows
-                .iter()
                 .map(|p| format!("{}/{}", p.namespace, p.name))
                 .collect::<Vec<_>>()
                 .join(", "),
@@ -107,10 +109,15 @@ impl Source {
 impl Operation {
     /// Every non-empty field holds.
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        let host = req.host.to_ascii_lowercase();
-        let host_match = |pattern: &String| {
-            wildcard_match(pattern, &host) || wildcard_match(pattern, strip_port(&host))
+        // Host patterns are lowercased at load; the request's host only when one is checked.
+        let host = if self.hosts.is_empty() && self.not_hosts.is_empty() {
+            String::new()
+        } else {
+            req.host.to_ascii_lowercase()
         };
+        let bare = strip_port(&host);
+        let host_match =
+            |pattern: &String| wildcard_match(pattern, &host) || wildcard_match(pattern, bare);
         let method = req.method.as_str();
         (self.hosts.is_empty() || self.hosts.iter().any(host_match))
             && !self.not_hosts.iter().any(host_match)
