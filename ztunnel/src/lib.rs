@@ -10,7 +10,7 @@
 //! - [`rbac`]: L4 authorization.
 //! - [`proxy`]: the listeners and the data path.
 //! - [`metrics`], [`admin`]: telemetry and the HTTP endpoints.
-//! - [`app`]: wiring and drain.
+//! - [`app`]: wiring and drain; [`memory`]: the allocator's settings.
 
 pub mod admin;
 pub mod app;
@@ -18,6 +18,7 @@ pub mod config;
 pub mod discovery;
 pub mod hbone;
 pub mod identity;
+pub mod memory;
 pub mod metrics;
 pub mod netns;
 pub mod proxy;

@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.run.log).context("RUST_LOG")?)
         .init();
     let cfg = Config::try_from(cli.run)?;
+    ztunnel::memory::fix_mmap_threshold();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.worker_threads)
         .enable_all()

@@ -279,6 +279,7 @@ impl Redirector {
             namespaces_inherited = redirector.inherited.len(),
             "eBPF redirection attached"
         );
+        crate::memory::release_free_pages();
         Ok(redirector)
     }
 
@@ -315,6 +316,8 @@ impl Redirector {
                     &self.object,
                 )?;
                 self.namespaces.insert(cookie, namespace);
+                // The load parsed the kernel's BTF; give its pages back.
+                crate::memory::release_free_pages();
                 true
             }
         };
