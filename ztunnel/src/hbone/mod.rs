@@ -11,6 +11,7 @@ pub mod server;
 mod stream;
 
 pub use stream::H2Stream;
+pub(crate) use stream::poll_read_through_buf;
 
 use std::time::Duration;
 
