@@ -11,7 +11,6 @@ pub mod server;
 mod stream;
 
 pub use stream::H2Stream;
-pub(crate) use stream::poll_read_through_buf;
 
 use std::time::Duration;
 

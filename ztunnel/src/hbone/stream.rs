@@ -1,5 +1,4 @@
-//! An HTTP/2 stream as a byte stream: `AsyncRead` (and `AsyncBufRead`, without a copy) over
-//! DATA frames received (releasing flow
+//! An HTTP/2 stream as a byte stream: `AsyncRead` over DATA frames received (releasing flow
 //! control as the bytes are consumed) and `AsyncWrite` into DATA frames, waiting for send
 //! capacity so that a slow reader slows the writer (back-pressure).
 
@@ -8,7 +7,7 @@ use h2::{RecvStream, SendStream};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// One tunnelled connection: the two halves of a CONNECT stream.
 pub struct H2Stream {
@@ -55,49 +54,27 @@ fn h2_to_io(e: h2::Error) -> io::Error {
     io::Error::new(kind, e)
 }
 
-impl AsyncBufRead for H2Stream {
-    /// Lends the DATA received and not yet consumed: readers copy out of it, no copy of ours.
-    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
-        let this = self.get_mut();
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
         while this.pending.is_empty() {
             match ready!(this.recv.poll_data(cx)) {
                 Some(Ok(data)) => this.pending = data,
                 Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => break,
+                None => return Poll::Ready(Ok(())),
             }
         }
-        Poll::Ready(Ok(&this.pending))
-    }
-
-    fn consume(mut self: Pin<&mut Self>, amt: usize) {
-        let amt = amt.min(self.pending.len());
-        self.pending.advance(amt);
+        let n = this.pending.len().min(buf.remaining());
+        buf.put_slice(&this.pending[..n]);
+        this.pending.advance(n);
         // Give the peer back the window for what the caller has taken.
-        let _ = self.recv.flow_control().release_capacity(amt);
+        let _ = this.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
     }
-}
-
-impl AsyncRead for H2Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        poll_read_through_buf(self, cx, buf)
-    }
-}
-
-/// `poll_read` for a reader that keeps its own buffer: copies out of it.
-pub(crate) fn poll_read_through_buf<R: AsyncBufRead>(
-    mut r: Pin<&mut R>,
-    cx: &mut Context<'_>,
-    buf: &mut ReadBuf<'_>,
-) -> Poll<io::Result<()>> {
-    let data = ready!(r.as_mut().poll_fill_buf(cx))?;
-    let n = data.len().min(buf.remaining());
-    buf.put_slice(&data[..n]);
-    r.consume(n);
-    Poll::Ready(Ok(()))
 }
 
 impl AsyncWrite for H2Stream {

@@ -5,7 +5,6 @@
 //! not an `<ip>:<port>`, or one that is not a local workload reached on its own address; 401
 //! when policy denies; 503 when the workload cannot be reached. 200 otherwise, then bytes.
 
-use super::copy::Buffered;
 use super::{ProxyInputs, is_own_port};
 use crate::hbone::server::{self, IncomingStream};
 use crate::identity::{Identity, WorkloadCert};
@@ -182,7 +181,7 @@ pub async fn handle(inputs: Arc<ProxyInputs>, incoming: IncomingStream) {
         &dst_workload,
         &conn,
         &mut tunnel,
-        &mut Buffered::new(&mut upstream),
+        &mut upstream,
         &record,
     )
     .await;

@@ -2,14 +2,13 @@
 //! subject to policy (they carry no identity). Also the pieces every inbound path shares:
 //! connecting to the local workload and copying while policy keeps allowing.
 
-use super::copy::{self, Buffered};
-use super::{ProxyInputs, is_own_port, reset};
+use super::{ProxyInputs, copy, is_own_port, reset};
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Direction, Outcome};
 use crate::rbac::{self, Connection};
 use crate::state::Workload;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncBufRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 pub async fn serve(
@@ -76,8 +75,8 @@ async fn handle(inputs: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAdd
         &inputs,
         &dst_workload,
         &conn,
-        &mut Buffered::new(&mut client),
-        &mut Buffered::new(&mut upstream),
+        &mut client,
+        &mut upstream,
         &record,
     )
     .await
@@ -135,8 +134,8 @@ pub async fn copy_under_policy<D, U>(
     record: &ConnectionRecord,
 ) -> Result<(), Outcome>
 where
-    D: AsyncBufRead + AsyncWrite + Unpin,
-    U: AsyncBufRead + AsyncWrite + Unpin,
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
 {
     let mut changes = inputs.state.subscribe();
     // The state may have changed since the first check: look once more at the start.

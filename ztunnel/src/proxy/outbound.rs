@@ -2,8 +2,7 @@
 //! resolved to an endpoint (service port mapped to target port); a destination that speaks
 //! HBONE is reached through a tunnel to `<pod IP>:15008`, anything else over plain TCP.
 
-use super::copy::{self, Buffered};
-use super::{ProxyInputs, is_own_port, reset};
+use super::{ProxyInputs, copy, is_own_port, reset};
 use crate::hbone::client::{Connect, HboneError, PoolKey};
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Direction, Outcome};
 use crate::state::{Protocol, Upstream, Workload};
@@ -145,17 +144,11 @@ pub async fn proxy(
     let record = ConnectionRecord::open(inputs.metrics.clone(), info);
     let result = match route {
         Route::Hbone { connect, .. } => match inputs.pool.connect(&connect).await {
-            Ok(mut tunnel) => {
-                copy::bidirectional(&mut Buffered::new(&mut client), &mut tunnel, &record.bytes)
-                    .await
-            }
+            Ok(mut tunnel) => copy::bidirectional(&mut client, &mut tunnel, &record.bytes).await,
             Err(e) => return fail(record, client, &e),
         },
         Route::Tcp { addr, .. } => match inputs.dialer.dial(addr).await {
-            Ok(up) => {
-                let (mut d, mut u) = (Buffered::new(&mut client), Buffered::new(up));
-                copy::bidirectional(&mut d, &mut u, &record.bytes).await
-            }
+            Ok(mut up) => copy::bidirectional(&mut client, &mut up, &record.bytes).await,
             Err(e) => {
                 record.finish(Outcome::ConnectFailed(format!("connecting to {addr}: {e}")));
                 return reset(client);
