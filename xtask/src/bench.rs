@@ -340,7 +340,11 @@ fn scene(mode: &str, bins: &std::path::Path) -> anyhow::Result<Scene> {
 }
 
 pub fn run(rounds: usize, modes: &[&str]) -> anyhow::Result<()> {
-    let bins = crate::build(true)?;
+    // A given build (for comparing two), or this checkout's release build.
+    let bins = match std::env::var_os("MESH_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => crate::build(true)?,
+    };
     for mode in modes {
         if *mode == "waypoint" {
             waypoint::run(rounds, &bins)?;

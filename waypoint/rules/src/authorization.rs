@@ -11,7 +11,7 @@
 
 use crate::build::Translated;
 use crate::error::{FieldError, FieldResult};
-use crate::fields::PortString;
+use crate::fields::{PortString, Reference, reference};
 use crate::load::Context;
 use crate::model::{AuthzAction, AuthzRule, L7Policy, ObjectRef, Operation, Source};
 use ipnet::IpNet;
@@ -116,8 +116,6 @@ struct OperationSpec {
     not_paths: Vec<String>,
 }
 
-const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
-
 pub(crate) fn translate(spec: Spec, cx: &Context<'_>) -> FieldResult<Option<Translated>> {
     let dry_run = cx.metadata.annotations.get("istio.io/dry-run");
     if dry_run.is_some_and(|v| v.eq_ignore_ascii_case("true")) {
@@ -193,21 +191,17 @@ fn targets(spec: &Spec, cx: &Context<'_>) -> FieldResult<Option<Option<Vec<Objec
             ));
         }
         let object = ObjectRef::new(&cx.object.namespace, &t.name);
-        match (t.group.as_deref().unwrap_or(""), t.kind.as_str()) {
-            ("" | "core", "Service") => services.push(object),
-            (GATEWAY_GROUP, "Gateway") if object == *cx.waypoint => whole = true,
-            (GATEWAY_GROUP, "Gateway") => {
-                tracing::debug!(policy = %cx.object, gateway = %object, "target is another Gateway");
-            }
-            (group, kind) => {
-                return Err(FieldError::new(
-                    format!("{t_at}.kind"),
-                    format!(
-                        "target `{kind}` of group `{group}` is not supported: expected a Service \
-                         (group \"\") or a Gateway (group {GATEWAY_GROUP})"
-                    ),
-                ));
-            }
+        match reference(
+            t.group.as_deref().unwrap_or(""),
+            &t.kind,
+            &object,
+            cx,
+            &t_at,
+            "target",
+        )? {
+            Reference::Service => services.push(object),
+            Reference::ThisWaypoint => whole = true,
+            Reference::OtherGateway => {}
         }
     }
     if whole {

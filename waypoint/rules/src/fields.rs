@@ -1,8 +1,10 @@
-//! Pieces shared by the translators: object metadata, service host names, header names and
-//! values, regular expressions.
+//! Pieces shared by the translators: object metadata, references to a Service or a Gateway,
+//! redirect statuses, weights, service host names, header names and values, regular
+//! expressions.
 
 use crate::error::{FieldError, FieldResult};
-use crate::model::ObjectRef;
+use crate::load::Context;
+use crate::model::{ObjectRef, WeightedBackend};
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Deserializer, de};
 use std::collections::BTreeMap;
@@ -198,4 +200,66 @@ mod tests {
             "invalid regular expression `/v[0-9`: unclosed character class"
         );
     }
+}
+
+/// The Gateway API group.
+pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// What an HTTPRoute's `parentRefs[]` or a policy's `targetRefs[]` names.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Reference {
+    Service,
+    /// This waypoint's own Gateway.
+    ThisWaypoint,
+    /// Some other Gateway: not ours to serve.
+    OtherGateway,
+}
+
+/// Classifies a reference of `group` and `kind` to `object`. Any other kind is refused at
+/// `{at}.kind`; `what` ("parent", "target") names the reference in the message.
+pub(crate) fn reference(
+    group: &str,
+    kind: &str,
+    object: &ObjectRef,
+    cx: &Context<'_>,
+    at: &str,
+    what: &str,
+) -> FieldResult<Reference> {
+    match (group, kind) {
+        ("" | "core", "Service") => Ok(Reference::Service),
+        (GATEWAY_GROUP, "Gateway") if object == cx.waypoint => Ok(Reference::ThisWaypoint),
+        (GATEWAY_GROUP, "Gateway") => {
+            tracing::debug!(object = %cx.object, gateway = %object, "{what} is another Gateway");
+            Ok(Reference::OtherGateway)
+        }
+        (group, kind) => Err(FieldError::new(
+            format!("{at}.kind"),
+            format!(
+                "{what} `{kind}` of group `{group}` is not supported: expected a Service \
+                 (group \"\") or a Gateway (group {GATEWAY_GROUP})"
+            ),
+        )),
+    }
+}
+
+/// Checks that `status` is a redirect status.
+pub(crate) fn redirect_status(status: u32, field: String) -> FieldResult<u16> {
+    if [301, 302, 303, 307, 308].contains(&status) {
+        return Ok(status as u16);
+    }
+    Err(FieldError::new(
+        field,
+        format!("{status} is not a redirect status: expected 301, 302, 303, 307 or 308"),
+    ))
+}
+
+/// Checks that at least one backend has a positive weight.
+pub(crate) fn some_weight(backends: &[WeightedBackend], field: String) -> FieldResult<()> {
+    if backends.iter().all(|b| b.weight == 0) {
+        return Err(FieldError::new(
+            field,
+            "every weight is 0: expected at least one positive weight",
+        ));
+    }
+    Ok(())
 }

@@ -2,7 +2,7 @@
 
 use super::service_ref;
 use crate::error::{FieldError, FieldResult};
-use crate::fields::{header_name, header_value};
+use crate::fields::{header_name, header_value, redirect_status};
 use crate::load::Context;
 use crate::model::{HeaderOps, Mirror, PathRewrite, Redirect, Rewrite};
 use serde::Deserialize;
@@ -166,15 +166,8 @@ pub(super) fn translate(
                 let r = required(&filter.request_redirect, &at, "requestRedirect")?;
                 let r_at = format!("{at}.requestRedirect");
                 let path = path_modifier(r.path.as_ref(), &r_at, &mut set.prefix_rewrite_at)?;
-                let status = r.status_code.unwrap_or(302);
-                if ![301, 302, 303, 307, 308].contains(&status) {
-                    return Err(FieldError::new(
-                        format!("{r_at}.statusCode"),
-                        format!(
-                            "{status} is not a redirect status: expected 301, 302, 303, 307 or 308"
-                        ),
-                    ));
-                }
+                let status = r.status_code.map_or(302, u32::from);
+                let status = redirect_status(status, format!("{r_at}.statusCode"))?;
                 set.redirect = Some(Redirect {
                     scheme: r.scheme.map(|s| match s {
                         Scheme::Http => "http".to_owned(),

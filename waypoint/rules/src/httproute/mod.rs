@@ -13,7 +13,7 @@ mod filters;
 use crate::build::{Attachment, Parent, RouteSet, Translated};
 use crate::duration::GatewayDuration;
 use crate::error::{FieldError, FieldResult};
-use crate::fields::{full_regex, header_name};
+use crate::fields::{GATEWAY_GROUP, Reference, full_regex, header_name, reference, some_weight};
 use crate::load::Context;
 use crate::model::{
     Action, HeaderMatch, ObjectRef, PathMatch, PathRewrite, QueryMatch, RetryOn, RetryPolicy,
@@ -23,8 +23,6 @@ use filters::{Filter, FilterSet};
 use http::Method;
 use serde::Deserialize;
 use std::sync::Arc;
-
-const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -167,8 +165,9 @@ fn parents(refs: &[ParentRef], cx: &Context<'_>) -> FieldResult<Vec<Attachment>>
         let namespace = parent.namespace.as_deref().unwrap_or(&cx.object.namespace);
         let object = ObjectRef::new(namespace, &parent.name);
         let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
-        let attachment = match (group, parent.kind.as_deref().unwrap_or("Gateway")) {
-            ("" | "core", "Service") => {
+        let kind = parent.kind.as_deref().unwrap_or("Gateway");
+        let attachment = match reference(group, kind, &object, cx, &at, "parent")? {
+            Reference::Service => {
                 if parent.section_name.is_some() {
                     return Err(FieldError::unsupported(
                         format!("{at}.sectionName"),
@@ -180,23 +179,11 @@ fn parents(refs: &[ParentRef], cx: &Context<'_>) -> FieldResult<Vec<Attachment>>
                     port: parent.port,
                 }
             }
-            (GATEWAY_GROUP, "Gateway") if object == *cx.waypoint => Attachment {
+            Reference::ThisWaypoint => Attachment {
                 parent: Parent::Waypoint,
                 port: parent.port,
             },
-            (GATEWAY_GROUP, "Gateway") => {
-                tracing::debug!(route = %cx.object, gateway = %object, "parent is another Gateway");
-                continue;
-            }
-            (group, kind) => {
-                return Err(FieldError::new(
-                    format!("{at}.kind"),
-                    format!(
-                        "parent `{kind}` of group `{group}` is not supported: expected a Service \
-                         (group \"\") or a Gateway (group {GATEWAY_GROUP})"
-                    ),
-                ));
-            }
+            Reference::OtherGateway => continue,
         };
         if !out.contains(&attachment) {
             out.push(attachment);
@@ -340,12 +327,7 @@ fn backends(refs: &[BackendRef], at: &str, cx: &Context<'_>) -> FieldResult<Vec<
             weight: b.weight.unwrap_or(1),
         });
     }
-    if out.iter().all(|b| b.weight == 0) {
-        return Err(FieldError::new(
-            format!("{at}.backendRefs"),
-            "every weight is 0: expected at least one positive weight",
-        ));
-    }
+    some_weight(&out, format!("{at}.backendRefs"))?;
     Ok(out)
 }
 

@@ -3,7 +3,10 @@
 use super::resilience::{FaultInjection, HttpRetry, fault, retry};
 use crate::duration::IstioDuration;
 use crate::error::{FieldError, FieldResult};
-use crate::fields::{full_regex, header_name, header_value, percent, service_host, status_code};
+use crate::fields::{
+    full_regex, header_name, header_value, percent, redirect_status, service_host, some_weight,
+    status_code,
+};
 use crate::load::Context;
 use crate::model::{
     Action, HeaderMatch, HeaderOps, Mirror, PathMatch, PathRewrite, QueryMatch, Redirect, Rewrite,
@@ -292,12 +295,7 @@ fn destinations(
             weight: r.weight.unwrap_or(if route.len() == 1 { 100 } else { 0 }),
         });
     }
-    if backends.iter().all(|b| b.weight == 0) {
-        return Err(FieldError::new(
-            format!("{at}.route"),
-            "every weight is 0: expected at least one positive weight",
-        ));
-    }
+    some_weight(&backends, format!("{at}.route"))?;
     let extra = match route {
         [only] => Some(headers(
             only.headers.as_ref(),
@@ -348,13 +346,7 @@ fn headers(h: Option<&Headers>, at: &str) -> FieldResult<HeaderPair> {
 }
 
 fn redirect(r: &HttpRedirect, at: &str) -> FieldResult<Redirect> {
-    let status = r.redirect_code.unwrap_or(301);
-    if ![301, 302, 303, 307, 308].contains(&status) {
-        return Err(FieldError::new(
-            format!("{at}.redirectCode"),
-            format!("{status} is not a redirect status: expected 301, 302, 303, 307 or 308"),
-        ));
-    }
+    let status = redirect_status(r.redirect_code.unwrap_or(301), format!("{at}.redirectCode"))?;
     if let Some(scheme) = &r.scheme
         && scheme != "http"
         && scheme != "https"
@@ -369,7 +361,7 @@ fn redirect(r: &HttpRedirect, at: &str) -> FieldResult<Redirect> {
         hostname: r.authority.clone(),
         path: r.uri.clone().map(PathRewrite::Full),
         port: r.port,
-        status: status_code(status, at)?,
+        status,
     })
 }
 
