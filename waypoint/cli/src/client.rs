@@ -2,10 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
+use kube::Api;
+use kube::api::{DynamicObject, ListParams};
 use kube::config::{Config, KubeConfigOptions, Kubeconfig, KubeconfigError};
 
 use crate::args::ClusterArgs;
-use crate::error::Error;
+use crate::error::{Error, Op, Resource};
+use crate::gateway::{api_resource, is_waypoint};
 
 /// A client for one cluster, with the namespace the command works in.
 #[derive(Clone)]
@@ -16,6 +19,36 @@ pub struct Session {
     pub namespace: String,
     /// The API server's URL, for errors that say which server could not be reached.
     pub server: String,
+}
+
+impl Session {
+    /// The waypoints (Gateways of class istio-waypoint) of `namespace`, or of every namespace
+    /// with `None`, among the Gateways `params` selects.
+    ///
+    /// # Errors
+    /// The list's error, classified ([`Error::GatewayApiMissing`], [`Error::Forbidden`], ...).
+    pub async fn waypoints(
+        &self,
+        namespace: Option<&str>,
+        params: &ListParams,
+    ) -> Result<Vec<DynamicObject>, Error> {
+        let resource = api_resource();
+        let gateways: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        };
+        let op = Op {
+            verb: "list",
+            resource: Resource::Gateways,
+            namespace,
+            name: None,
+        };
+        let list = gateways
+            .list(params)
+            .await
+            .map_err(|e| op.classify(&self.server, e))?;
+        Ok(list.items.into_iter().filter(is_waypoint).collect())
+    }
 }
 
 /// Loads the kubeconfig named by `args` (or `$KUBECONFIG`, `~/.kube/config`, in-cluster) and

@@ -9,7 +9,7 @@ use kube::api::{DeleteParams, DynamicObject, ListParams};
 use crate::args::DeleteArgs;
 use crate::client::Session;
 use crate::error::{Error, Op, Resource};
-use crate::gateway::{REVISION, USE_WAYPOINT, api_resource, is_waypoint};
+use crate::gateway::{REVISION, USE_WAYPOINT, api_resource};
 
 /// Deletes, as istioctl: lists the namespace's Gateways first so that only waypoints (class
 /// istio-waypoint) are deleted, and prints `waypoint <ns>/<name> deleted` for each. Unlike
@@ -26,28 +26,18 @@ pub async fn delete(
     out: &mut (dyn Write + Send),
 ) -> Result<(), Error> {
     let ns = session.namespace.as_str();
-    let gateways: Api<DynamicObject> =
-        Api::namespaced_with(session.client.clone(), ns, &api_resource());
-    let list_op = Op {
-        verb: "list",
-        resource: Resource::Gateways,
-        namespace: Some(ns),
-        name: None,
-    };
     let mut params = ListParams::default();
     if let Some(revision) = &args.revision {
         params = params.labels(&format!("{REVISION}={revision}"));
     }
-    let waypoints: Vec<String> = gateways
-        .list(&params)
-        .await
-        .map_err(|e| list_op.classify(&session.server, e))?
-        .items
+    let waypoints: Vec<String> = session
+        .waypoints(Some(ns), &params)
+        .await?
         .into_iter()
-        .filter(is_waypoint)
         .filter_map(|gw| gw.metadata.name)
         .collect();
-
+    let gateways: Api<DynamicObject> =
+        Api::namespaced_with(session.client.clone(), ns, &api_resource());
     let (targets, mut missing) = if args.all || args.revision.is_some() {
         (waypoints, Vec::new())
     } else {

@@ -2,13 +2,12 @@
 
 use std::io::Write;
 
-use kube::Api;
-use kube::api::{DynamicObject, ListParams};
+use kube::api::ListParams;
 
 use crate::args::ListArgs;
 use crate::client::Session;
-use crate::error::{Error, Op, Resource};
-use crate::gateway::{REVISION, WAYPOINT_FOR, api_resource, is_waypoint, label, programmed};
+use crate::error::Error;
+use crate::gateway::{REVISION, WAYPOINT_FOR, label, programmed};
 use crate::table;
 
 /// Prints `[NAMESPACE] NAME REVISION TRAFFIC TYPE PROGRAMMED`, sorted by namespace and name.
@@ -22,27 +21,8 @@ pub async fn list(
     args: &ListArgs,
     out: &mut (dyn Write + Send),
 ) -> Result<(), Error> {
-    let resource = api_resource();
-    let (gateways, namespace): (Api<DynamicObject>, _) = if args.all_namespaces {
-        (Api::all_with(session.client.clone(), &resource), None)
-    } else {
-        let ns = session.namespace.as_str();
-        (
-            Api::namespaced_with(session.client.clone(), ns, &resource),
-            Some(ns),
-        )
-    };
-    let op = Op {
-        verb: "list",
-        resource: Resource::Gateways,
-        namespace,
-        name: None,
-    };
-    let list = gateways
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| op.classify(&session.server, e))?;
-    let mut waypoints: Vec<DynamicObject> = list.items.into_iter().filter(is_waypoint).collect();
+    let namespace = (!args.all_namespaces).then_some(session.namespace.as_str());
+    let mut waypoints = session.waypoints(namespace, &ListParams::default()).await?;
     if waypoints.is_empty() {
         writeln!(out, "No waypoints found.").map_err(Error::Output)?;
         return Ok(());

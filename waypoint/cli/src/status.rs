@@ -50,17 +50,7 @@ pub async fn status(
             vec![gw]
         }
         None => {
-            let op = Op {
-                verb: "list",
-                resource: Resource::Gateways,
-                namespace: Some(ns),
-                name: None,
-            };
-            let list = gateways
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| op.classify(&session.server, e))?;
-            let mut all: Vec<DynamicObject> = list.items.into_iter().filter(is_waypoint).collect();
+            let mut all = session.waypoints(Some(ns), &ListParams::default()).await?;
             all.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
             all
         }
