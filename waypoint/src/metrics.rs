@@ -293,11 +293,11 @@ impl Drop for RequestRecord {
         tracing::event!(
             target: "access",
             tracing::Level::INFO,
-            src.addr = ?i.src_addr,
+            src.addr = %OrDash(i.src_addr),
             src.identity = %labels.source_principal,
             dst.service = %labels.destination_service,
             dst.workload = %labels.destination_workload,
-            dst.addr = ?i.dst_addr,
+            dst.addr = %OrDash(i.dst_addr),
             method = %i.method,
             path = %i.path,
             authority = %i.authority,
@@ -311,5 +311,17 @@ impl Drop for RequestRecord {
             detail = i.detail.as_deref().unwrap_or("-"),
             "request"
         );
+    }
+}
+
+/// Shows a value, or `-` when there is none (as access logs do), not `Some(..)`.
+struct OrDash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
