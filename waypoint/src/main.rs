@@ -33,12 +33,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            tracing_subscriber::fmt()
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_new(&args.log).context("RUST_LOG")?,
-                )
-                .init();
+            let _flush = ztunnel::logging::init(&args.log).context("RUST_LOG")?;
             let cfg = Config::try_from(args)?;
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(cfg.worker_threads)

@@ -10,7 +10,8 @@
 //! - [`rbac`]: L4 authorization.
 //! - [`proxy`]: the listeners and the data path.
 //! - [`metrics`], [`admin`]: telemetry and the HTTP endpoints.
-//! - [`app`]: wiring and drain; [`memory`]: the allocator's settings.
+//! - [`app`]: wiring and drain; [`logging`]: log output; [`memory`]: the allocator's
+//!   settings.
 
 pub mod admin;
 pub mod app;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod discovery;
 pub mod hbone;
 pub mod identity;
+pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod netns;

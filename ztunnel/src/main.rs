@@ -56,10 +56,7 @@ fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.run.log).context("RUST_LOG")?)
-        .init();
+    let _flush = ztunnel::logging::init(&cli.run.log).context("RUST_LOG")?;
     let cfg = Config::try_from(cli.run)?;
     ztunnel::memory::fix_mmap_threshold();
     tokio::runtime::Builder::new_multi_thread()
