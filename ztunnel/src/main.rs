@@ -56,9 +56,9 @@ fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
+    ztunnel::memory::fix_mmap_threshold();
     let _flush = ztunnel::logging::init(&cli.run.log).context("RUST_LOG")?;
     let cfg = Config::try_from(cli.run)?;
-    ztunnel::memory::fix_mmap_threshold();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.worker_threads)
         .enable_all()
