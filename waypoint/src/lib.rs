@@ -25,13 +25,14 @@ use config::Config;
 use metrics::Metrics;
 use rules_watch::RulesHandle;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::task::JoinSet;
 use upstream::{Breakers, Connections, EndpointSet};
+use ztunnel::app::Serving;
 use ztunnel::hbone::client::{Dialer, Pool};
 use ztunnel::identity::{CertManager, Identity, LocalCa};
 use ztunnel::state::StateHandle;
+use ztunnel::tls::ServerConfigs;
 
 /// What every request shares.
 pub struct Waypoint {
@@ -48,9 +49,7 @@ pub struct Waypoint {
 /// A started waypoint: listeners bound, serving.
 pub struct Running {
     pub waypoint: Arc<Waypoint>,
-    drain: tokio::sync::watch::Sender<bool>,
-    ready: Arc<AtomicBool>,
-    tasks: JoinSet<()>,
+    serving: Serving,
 }
 
 impl Running {
@@ -69,13 +68,14 @@ impl Running {
             &cfg.workload.namespace,
             &cfg.workload.service_account,
         );
-        let cert = certs
+        certs
             .get(&identity)
             .with_context(|| format!("certificate for {identity}"))?;
-        let tls = Arc::new(
-            ztunnel::tls::server_config(&cert, certs.roots(), &cfg.trust_domain)
-                .context("TLS configuration")?,
-        );
+        // Built now so that a configuration that cannot be made stops start-up.
+        let tls = Arc::new(ServerConfigs::default());
+        tls.get(&certs, &identity, &cfg.trust_domain)
+            .map_err(anyhow::Error::msg)
+            .context("TLS configuration")?;
         let dialer = Dialer {
             mark: None,
             connect_timeout: Some(Duration::from_secs(10)),
@@ -103,9 +103,10 @@ impl Running {
             breakers: Breakers::default(),
             cfg,
         });
-        let (drain, drain_rx) = tokio::sync::watch::channel(false);
-        let ready = Arc::new(AtomicBool::new(false));
-        let mut tasks = JoinSet::new();
+        let mut serving = Serving::default();
+        let drain_rx = serving.drain_signal();
+        let ready = serving.ready.clone();
+        let tasks = &mut serving.tasks;
         tasks.spawn(serve_hbone(
             wp.clone(),
             certs.clone(),
@@ -118,18 +119,7 @@ impl Running {
             "metrics",
             metrics_l,
             drain_rx.clone(),
-            Arc::new(move |req| match req.uri().path() {
-                "/metrics" | "/stats/prometheus" => ztunnel::admin::respond(
-                    http::StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    m.encode(),
-                ),
-                _ => ztunnel::admin::respond(
-                    http::StatusCode::NOT_FOUND,
-                    "text/plain",
-                    "not found\n",
-                ),
-            }),
+            ztunnel::admin::metrics_handler(move || m.encode()),
         ));
         tasks.spawn(ztunnel::admin::serve(
             "readiness",
@@ -160,23 +150,13 @@ impl Running {
         tracing::info!(identity = %wp.identity, gateway = %wp.cfg.gateway, "waypoint ready");
         Ok(Running {
             waypoint: wp,
-            drain,
-            ready,
-            tasks,
+            serving,
         })
     }
 
     /// Stops accepting, lets open tunnels finish for up to `timeout`.
-    pub async fn drain(mut self, timeout: Duration) {
-        self.ready.store(false, Ordering::Relaxed);
-        let _ = self.drain.send(true);
-        if tokio::time::timeout(timeout, self.drain.closed())
-            .await
-            .is_err()
-        {
-            tracing::warn!("drain timed out; closing the remaining connections");
-        }
-        self.tasks.abort_all();
+    pub async fn drain(self, timeout: Duration) {
+        self.serving.drain(timeout).await;
     }
 }
 
@@ -184,50 +164,31 @@ impl Running {
 async fn serve_hbone(
     wp: Arc<Waypoint>,
     certs: Arc<CertManager>,
-    mut tls: Arc<rustls::ServerConfig>,
+    tls: Arc<ServerConfigs>,
     listener: tokio::net::TcpListener,
     drain: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut built_from = certs.get(&wp.identity).ok();
-    let mut drain_l = drain.clone();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = drain_l.changed() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
+    ztunnel::proxy::accept_loop("hbone", listener, drain, move |stream, peer, drain| {
+        let (wp, certs, tls) = (wp.clone(), certs.clone(), tls.clone());
+        async move {
+            let td = &wp.cfg.trust_domain;
+            let tls = match tls.get(&certs, &wp.identity, td) {
+                Ok(t) => t,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    tracing::warn!(%peer, error = %e, "no certificate to serve HBONE with");
+                    return;
                 }
-            },
-        };
-        // A renewed certificate: a new TLS configuration for the next connections.
-        if let Ok(cert) = certs.get(&wp.identity)
-            && !built_from.as_ref().is_some_and(|b| Arc::ptr_eq(b, &cert))
-        {
-            match ztunnel::tls::server_config(&cert, certs.roots(), &wp.cfg.trust_domain) {
-                Ok(c) => {
-                    tls = Arc::new(c);
-                    built_from = Some(cert);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "TLS configuration for the renewed certificate")
-                }
-            }
-        }
-        let (wp, tls, drain) = (wp.clone(), tls.clone(), drain.clone());
-        tokio::spawn(async move {
-            let td = wp.cfg.trust_domain.clone();
+            };
             let handler = {
                 let wp = wp.clone();
                 move |incoming| server::handle_stream(wp.clone(), incoming)
             };
-            if let Err(e) = ztunnel::hbone::server::serve(stream, tls, &td, drain, handler).await {
+            if let Err(e) = ztunnel::hbone::server::serve(stream, tls, td, drain, handler).await {
                 tracing::warn!(%peer, error = %e, "HBONE connection failed");
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// `/config_dump`: the rules in force, by service.

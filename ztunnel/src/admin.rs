@@ -1,7 +1,6 @@
 //! The agent's HTTP endpoints: admin (`/config_dump`), Prometheus `/metrics`, and readiness
 //! `/healthz/ready`.
 
-use crate::metrics::Metrics;
 use crate::proxy::ProxyInputs;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -68,12 +67,12 @@ pub async fn serve(
 }
 
 /// `/metrics` on the metrics port.
-pub fn metrics_handler(metrics: Arc<Metrics>) -> Handler {
+pub fn metrics_handler(encode: impl Fn() -> String + Send + Sync + 'static) -> Handler {
     Arc::new(move |req| match req.uri().path() {
         "/metrics" | "/stats/prometheus" => respond(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
+            encode(),
         ),
         _ => not_found(),
     })

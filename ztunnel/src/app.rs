@@ -19,9 +19,61 @@ use tokio::task::JoinSet;
 /// A started agent: listeners bound, serving.
 pub struct Agent {
     pub inputs: Arc<ProxyInputs>,
+    serving: Serving,
+}
+
+/// What a serving process (the agent, the waypoint) holds: the drain signal its listeners
+/// and connections watch, its readiness, and its tasks.
+pub struct Serving {
     drain: tokio::sync::watch::Sender<bool>,
-    ready: Arc<AtomicBool>,
-    tasks: JoinSet<()>,
+    pub ready: Arc<AtomicBool>,
+    pub tasks: JoinSet<()>,
+}
+
+impl Default for Serving {
+    fn default() -> Self {
+        Self {
+            drain: tokio::sync::watch::channel(false).0,
+            ready: Arc::new(AtomicBool::new(false)),
+            tasks: JoinSet::new(),
+        }
+    }
+}
+
+impl Serving {
+    /// A receiver of the drain signal, for a listener or connection to hold until it is done.
+    pub fn drain_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.drain.subscribe()
+    }
+
+    /// Stops accepting and reports not ready, lets open connections finish for up to
+    /// `timeout`, then stops what is left.
+    pub async fn drain(mut self, timeout: Duration) {
+        self.ready.store(false, Ordering::Relaxed);
+        let _ = self.drain.send(true);
+        tracing::info!(?timeout, "draining");
+        // Every open connection holds a drain receiver; all dropped means all done.
+        if tokio::time::timeout(timeout, self.drain.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timed out; closing the remaining connections");
+        }
+        self.tasks.abort_all();
+    }
+}
+
+/// Returns on SIGTERM or SIGINT.
+///
+/// # Errors
+/// If the SIGTERM handler cannot be installed.
+pub async fn until_signalled() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+    Ok(())
 }
 
 impl Agent {
@@ -47,9 +99,11 @@ impl Agent {
         }
 
         let l = &cfg.listeners;
-        let (drain, drain_rx) = tokio::sync::watch::channel(false);
+        let mut serving = Serving::default();
+        let drain_rx = serving.drain_signal();
+        let ready = serving.ready.clone();
+        let tasks = &mut serving.tasks;
         let (ebpf_log_level, ebpf_log_level_rx) = tokio::sync::watch::channel(cfg.ebpf_log_level);
-        let mut tasks = JoinSet::new();
         match cfg.proxy_mode {
             ProxyMode::Dedicated => {
                 // One workload: the data listeners live in this (the pod's) namespace.
@@ -104,7 +158,6 @@ impl Agent {
         let admin_l = proxy::bind("admin", l.admin).await?;
         let metrics_l = proxy::bind("metrics", l.metrics).await?;
         let readiness_l = proxy::bind("readiness", l.readiness).await?;
-        let ready = Arc::new(AtomicBool::new(false));
         tasks.spawn(admin::serve(
             "admin",
             admin_l,
@@ -118,7 +171,7 @@ impl Agent {
             "metrics",
             metrics_l,
             drain_rx.clone(),
-            admin::metrics_handler(metrics),
+            admin::metrics_handler(move || metrics.encode()),
         ));
         tasks.spawn(admin::serve(
             "readiness",
@@ -140,27 +193,12 @@ impl Agent {
             workload = ?cfg.workload_info,
             "ztunnel ready"
         );
-        Ok(Agent {
-            inputs,
-            drain,
-            ready,
-            tasks,
-        })
+        Ok(Agent { inputs, serving })
     }
 
     /// Stops accepting, lets open connections finish for up to `timeout`, then returns.
-    pub async fn drain(mut self, timeout: Duration) {
-        self.ready.store(false, Ordering::Relaxed);
-        let _ = self.drain.send(true);
-        tracing::info!(?timeout, "draining");
-        // Every open connection holds a drain receiver; all dropped means all done.
-        if tokio::time::timeout(timeout, self.drain.closed())
-            .await
-            .is_err()
-        {
-            tracing::warn!("drain timed out; closing the remaining connections");
-        }
-        self.tasks.abort_all();
+    pub async fn drain(self, timeout: Duration) {
+        self.serving.drain(timeout).await;
     }
 }
 

@@ -70,11 +70,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let drain_timeout = cfg.drain_timeout;
     let agent = ztunnel::app::Agent::start(cfg).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
-    }
+    ztunnel::app::until_signalled().await?;
     agent.drain(drain_timeout).await;
     Ok(())
 }

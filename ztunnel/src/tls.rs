@@ -98,6 +98,39 @@ pub fn client_config(
     Ok(cfg)
 }
 
+/// Server configurations by local identity, each with the certificate it was built from, so
+/// that a renewed certificate gets a new configuration for the next connections.
+#[derive(Default)]
+pub struct ServerConfigs(std::sync::Mutex<std::collections::HashMap<Identity, BuiltFrom>>);
+
+/// A configuration and the certificate it presents.
+type BuiltFrom = (Arc<WorkloadCert>, Arc<ServerConfig>);
+
+impl ServerConfigs {
+    /// The configuration presenting `id`'s current certificate.
+    ///
+    /// # Errors
+    /// If `id` has no certificate or the configuration cannot be built.
+    pub fn get(
+        &self,
+        certs: &crate::identity::CertManager,
+        id: &Identity,
+        trust_domain: &str,
+    ) -> Result<Arc<ServerConfig>, String> {
+        let cert = certs.get(id).map_err(|e| e.to_string())?;
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((built_from, cfg)) = map.get(id)
+            && Arc::ptr_eq(built_from, &cert)
+        {
+            return Ok(cfg.clone());
+        }
+        let cfg =
+            Arc::new(server_config(&cert, certs.roots(), trust_domain).map_err(|e| e.to_string())?);
+        map.insert(id.clone(), (cert, cfg.clone()));
+        Ok(cfg)
+    }
+}
+
 /// A server configuration that presents `cert` and requires a client certificate chained to
 /// `roots` whose identity is in `trust_domain`.
 pub fn server_config(

@@ -7,20 +7,11 @@
 
 use super::{ProxyInputs, is_own_port};
 use crate::hbone::server::{self, IncomingStream};
-use crate::identity::{Identity, WorkloadCert};
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Direction, Outcome};
 use crate::rbac::{self, Connection};
 use http::StatusCode;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::net::TcpListener;
-
-/// TLS configurations by local identity, with the certificate each was built from: a renewal
-/// builds a new one.
-type CachedConfig = (Arc<WorkloadCert>, Arc<rustls::ServerConfig>);
-
-#[derive(Default)]
-struct ServerConfigs(Mutex<HashMap<Identity, CachedConfig>>);
 
 /// The HBONE listener.
 pub async fn serve(
@@ -28,7 +19,7 @@ pub async fn serve(
     listener: TcpListener,
     drain: tokio::sync::watch::Receiver<bool>,
 ) {
-    let configs = Arc::new(ServerConfigs::default());
+    let configs = Arc::new(crate::tls::ServerConfigs::default());
     super::accept_loop("hbone", listener, drain, move |stream, peer, drain| {
         let inputs = inputs.clone();
         let configs = configs.clone();
@@ -57,7 +48,7 @@ pub async fn serve(
 /// (dedicated mode: the one workload).
 fn server_tls(
     inputs: &ProxyInputs,
-    configs: &ServerConfigs,
+    configs: &crate::tls::ServerConfigs,
     stream: &tokio::net::TcpStream,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let local = stream.local_addr().map_err(|e| e.to_string())?;
@@ -69,19 +60,7 @@ fn server_tls(
             .map(|(_, id)| id)
             .ok_or_else(|| format!("{local} is not a local workload"))?,
     };
-    let cert = inputs.certs.get(&id).map_err(|e| e.to_string())?;
-    let mut map = configs.0.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((built_from, cfg)) = map.get(&id)
-        && Arc::ptr_eq(built_from, &cert)
-    {
-        return Ok(cfg.clone());
-    }
-    let cfg = Arc::new(
-        crate::tls::server_config(&cert, inputs.certs.roots(), &inputs.cfg.trust_domain)
-            .map_err(|e| e.to_string())?,
-    );
-    map.insert(id, (cert, cfg.clone()));
-    Ok(cfg)
+    configs.get(&inputs.certs, &id, &inputs.cfg.trust_domain)
 }
 
 fn reject(incoming: IncomingStream, status: StatusCode, why: &str) {
