@@ -35,12 +35,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let _flush = ztunnel::logging::init(&args.log).context("RUST_LOG")?;
             let cfg = Config::try_from(args)?;
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(cfg.worker_threads)
-                .enable_all()
-                .build()
-                .context("starting the runtime")?
-                .block_on(run(cfg))
+            ztunnel::workers::run(cfg.worker_threads, run(cfg))
         }
         Command::Kube(cmd) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

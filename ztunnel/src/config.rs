@@ -38,7 +38,8 @@ pub struct Args {
     /// `SO_MARK` on the agent's sockets (default 1337 = 0x539).
     #[arg(long, env = "PACKET_MARK", default_value_t = mesh_common::DEFAULT_PACKET_MARK)]
     pub packet_mark: u32,
-    /// Proxy worker threads (default 2).
+    /// Data-plane worker threads, each with its own HBONE pool (default 2); configuration,
+    /// admin and accepting run on one more, the control thread.
     #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
     /// SOCKS5 listener on 127.0.0.1:15080 (default off).

@@ -10,8 +10,8 @@
 //! - [`rbac`]: L4 authorization.
 //! - [`proxy`]: the listeners and the data path.
 //! - [`metrics`], [`admin`]: telemetry and the HTTP endpoints.
-//! - [`app`]: wiring and drain; [`logging`]: log output; [`memory`]: the allocator's
-//!   settings.
+//! - [`app`]: wiring and drain; [`workers`]: the threads; [`logging`]: log output;
+//!   [`memory`]: the allocator's settings.
 
 pub mod admin;
 pub mod app;
@@ -29,3 +29,4 @@ pub mod redirect;
 pub mod state;
 mod sys;
 pub mod tls;
+pub mod workers;

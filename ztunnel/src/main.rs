@@ -59,12 +59,7 @@ fn main() -> anyhow::Result<()> {
     ztunnel::memory::fix_mmap_threshold();
     let _flush = ztunnel::logging::init(&cli.run.log).context("RUST_LOG")?;
     let cfg = Config::try_from(cli.run)?;
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.worker_threads)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?
-        .block_on(run(cfg))
+    ztunnel::workers::run(cfg.worker_threads, run(cfg))
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {

@@ -45,8 +45,18 @@ pub struct Connections {
     hbone: Pool,
     dialer: Dialer,
     identity: Identity,
-    http1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
-    http2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    /// Keyed by (worker thread, endpoint): a connection's driver runs on the worker that
+    /// opened it, so only that worker's requests use it.
+    http1: Mutex<HashMap<WorkerAddr, Vec<http1::SendRequest<Body>>>>,
+    http2: Mutex<HashMap<WorkerAddr, http2::SendRequest<Body>>>,
+}
+
+/// An endpoint on one worker thread.
+type WorkerAddr = (usize, SocketAddr);
+
+/// This worker's pool key for `addr`.
+fn here(addr: SocketAddr) -> WorkerAddr {
+    (ztunnel::workers::current(), addr)
 }
 
 impl Connections {
@@ -140,7 +150,7 @@ impl Connections {
         // Back in the pool at once: it is skipped until the response body has been read.
         if result.is_ok() {
             let mut map = self.http1.lock().unwrap_or_else(|p| p.into_inner());
-            let list = map.entry(addr).or_default();
+            let list = map.entry(here(addr)).or_default();
             if list.len() < MAX_IDLE_PER_ENDPOINT {
                 list.push(sender);
             }
@@ -150,7 +160,7 @@ impl Connections {
 
     fn idle_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
         let mut map = self.http1.lock().unwrap_or_else(|p| p.into_inner());
-        let list = map.get_mut(&addr)?;
+        let list = map.get_mut(&here(addr))?;
         list.retain(|s| !s.is_closed());
         let i = list.iter().position(|s| s.is_ready())?;
         Some(list.swap_remove(i))
@@ -181,7 +191,7 @@ impl Connections {
     ) -> Result<http2::SendRequest<Body>, SendError> {
         {
             let map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = map.get(&ep.addr)
+            if let Some(s) = map.get(&here(ep.addr))
                 && !s.is_closed()
             {
                 return Ok(s.clone());
@@ -195,7 +205,7 @@ impl Connections {
             .map_err(|e| handshake_failed(addr, e))?;
         drive(addr, "HTTP/2", conn);
         let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(ep.addr, sender.clone());
+        map.insert(here(ep.addr), sender.clone());
         Ok(sender)
     }
 }

@@ -165,10 +165,15 @@ impl Drop for StreamSlot {
 pub struct Pool {
     certs: Arc<CertManager>,
     dialer: Dialer,
-    conns: Arc<Mutex<HashMap<PoolKey, Vec<PooledConn>>>>,
+    /// Per worker thread: a connection's HTTP/2 driver runs on the worker that opened it, so
+    /// only that worker's tunnels use it (no wake-up crosses threads).
+    conns: Arc<Mutex<HashMap<WorkerKey, Vec<PooledConn>>>>,
     /// Serialises dialing per key, so that a burst of requests opens one connection, not many.
-    dialing: Arc<Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>>,
+    dialing: Arc<Mutex<HashMap<WorkerKey, Arc<tokio::sync::Mutex<()>>>>>,
 }
+
+/// A pool key on one worker thread.
+type WorkerKey = (usize, PoolKey);
 
 impl Pool {
     pub fn new(certs: Arc<CertManager>, dialer: Dialer) -> Self {
@@ -201,6 +206,7 @@ impl Pool {
     /// A connection with a claimed stream slot: pooled, or dialled (one dial per key at a
     /// time, so that a burst of requests opens one connection, not many).
     async fn get(&self, key: &PoolKey) -> Result<(PooledConn, StreamSlot), HboneError> {
+        let key = &(crate::workers::current(), key.clone());
         if let Some(c) = self.checkout(key) {
             return Ok(c);
         }
@@ -210,7 +216,7 @@ impl Pool {
             match self.checkout(key) {
                 Some(c) => Ok(c),
                 None => {
-                    let addr = key.dst;
+                    let addr = key.1.dst;
                     match tokio::time::timeout(OPEN_TIMEOUT, self.open(key)).await {
                         Ok(r) => r,
                         Err(_) => Err(HboneError::Timeout {
@@ -230,12 +236,12 @@ impl Pool {
         result
     }
 
-    fn dial_lock(&self, key: &PoolKey) -> Arc<tokio::sync::Mutex<()>> {
+    fn dial_lock(&self, key: &WorkerKey) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.dialing.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key.clone()).or_default().clone()
     }
 
-    fn checkout(&self, key: &PoolKey) -> Option<(PooledConn, StreamSlot)> {
+    fn checkout(&self, key: &WorkerKey) -> Option<(PooledConn, StreamSlot)> {
         let mut map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let list = map.get_mut(key)?;
         list.retain(|c| !c.closed.load(Ordering::Relaxed));
@@ -255,7 +261,8 @@ impl Pool {
             .count()
     }
 
-    async fn open(&self, key: &PoolKey) -> Result<(PooledConn, StreamSlot), HboneError> {
+    async fn open(&self, worker_key: &WorkerKey) -> Result<(PooledConn, StreamSlot), HboneError> {
+        let key = &worker_key.1;
         let addr = key.dst;
         let cert = self.certs.get(&key.src_id)?;
         let tls = crate::tls::client_config(&cert, self.certs.roots(), key.dst_ids.clone())
@@ -309,7 +316,9 @@ impl Pool {
         });
         tracing::debug!(%addr, src = %key.src_id, "opened HBONE connection");
         let mut map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key.clone()).or_default().push(conn.clone());
+        map.entry(worker_key.clone())
+            .or_default()
+            .push(conn.clone());
         Ok((conn, slot))
     }
 }

@@ -192,9 +192,10 @@ pub async fn accept_loop<F, Fut>(
     mut drain: tokio::sync::watch::Receiver<bool>,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, tokio::sync::watch::Receiver<bool>) -> Fut,
+    F: Fn(TcpStream, SocketAddr, tokio::sync::watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let handle = std::sync::Arc::new(handle);
     loop {
         tokio::select! {
             _ = drain.changed() => {
@@ -206,9 +207,9 @@ pub async fn accept_loop<F, Fut>(
                     let _ = stream.set_nodelay(true);
                     // The task holds a drain receiver until it ends: drain waits for all.
                     let held = drain.clone();
-                    let task = handle(stream, peer, drain.clone());
-                    tokio::spawn(async move {
-                        task.await;
+                    let handle = handle.clone();
+                    crate::workers::hand_off(stream, move |stream| async move {
+                        handle(stream, peer, held.clone()).await;
                         drop(held);
                     });
                 }
