@@ -146,6 +146,7 @@ impl Running {
             wp.cfg.reload_interval,
         ));
         tasks.spawn(ztunnel::app::renew_certificates(certs));
+        tasks.spawn(ztunnel::memory::trim_periodically());
         ready.store(true, Ordering::Relaxed);
         tracing::info!(identity = %wp.identity, gateway = %wp.cfg.gateway, "waypoint ready");
         Ok(Running {

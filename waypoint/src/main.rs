@@ -33,6 +33,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
+            ztunnel::memory::fix_thresholds();
             let _flush = ztunnel::logging::init(&args.log).context("RUST_LOG")?;
             let cfg = Config::try_from(args)?;
             ztunnel::workers::run(cfg.worker_threads, run(cfg))

@@ -186,6 +186,7 @@ impl Agent {
             cfg.reload_interval,
         ));
         tasks.spawn(renew_certificates(certs));
+        tasks.spawn(crate::memory::trim_periodically());
         ready.store(true, Ordering::Relaxed);
         tracing::info!(
             mode = ?cfg.proxy_mode,

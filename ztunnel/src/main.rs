@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
-    ztunnel::memory::fix_mmap_threshold();
+    ztunnel::memory::fix_thresholds();
     let _flush = ztunnel::logging::init(&cli.run.log).context("RUST_LOG")?;
     let cfg = Config::try_from(cli.run)?;
     ztunnel::workers::run(cfg.worker_threads, run(cfg))

@@ -5,17 +5,29 @@
 //! 18 MiB more than it used.
 #![allow(unsafe_code)]
 
+use std::time::Duration;
+
 /// Blocks of this size and larger are mapped on their own and returned when freed. Fixed, so
 /// that glibc does not raise it; above the copy buffers (256 KiB), which are reused.
 #[cfg(target_env = "gnu")]
 const MMAP_THRESHOLD: libc::c_int = 1024 * 1024;
 
-/// Fixes the mmap threshold. Call before other threads start.
-pub fn fix_mmap_threshold() {
+/// Free memory at the top of an arena is kept up to this size instead of being returned at
+/// each free. At the default (128 KiB) a stream's 256 KiB chunks were handed back and faulted
+/// in again all the time: 8 % more CPU per GB streamed. [`trim_periodically`] returns it later.
+#[cfg(target_env = "gnu")]
+const TRIM_THRESHOLD: libc::c_int = 8 * 1024 * 1024;
+
+/// How often free pages go back to the kernel.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
+/// Fixes the allocator's thresholds. Call before other threads start.
+pub fn fix_thresholds() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator parameters; no pointer is involved.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     }
 }
 
@@ -26,5 +38,14 @@ pub fn release_free_pages() {
     // SAFETY: malloc_trim only releases memory the allocator holds free.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Releases free pages every few seconds, so that memory kept for the data path's next
+/// chunk does not stay resident once traffic stops.
+pub async fn trim_periodically() {
+    loop {
+        tokio::time::sleep(TRIM_EVERY).await;
+        release_free_pages();
     }
 }
