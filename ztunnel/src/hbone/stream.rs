@@ -39,6 +39,61 @@ impl H2Stream {
     pub fn reset(&mut self) {
         self.send.send_reset(h2::Reason::CANCEL);
     }
+
+    /// The next received DATA frame's bytes as they are (no copy), or `None` at END_STREAM.
+    /// Their flow-control window goes back to the peer at once: the caller bounds what it
+    /// holds.
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if !self.pending.is_empty() {
+            return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
+        }
+        loop {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) if data.is_empty() => continue,
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Ok(Some(data)));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => return Poll::Ready(Ok(None)),
+            }
+        }
+    }
+
+    /// Sends as much of `chunk` as the peer's window allows, as DATA (no copy); returns how
+    /// many bytes, which are removed from `chunk`.
+    pub fn poll_send_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        if chunk.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = ready!(self.poll_send_capacity(cx, chunk.len()))?;
+        self.send
+            .send_data(chunk.split_to(n), false)
+            .map_err(h2_to_io)?;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Waits until the peer's window lets up to `want` bytes go; returns how many (at least 1).
+    fn poll_send_capacity(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        self.send.reserve_capacity(want);
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(cap)) => return Poll::Ready(Ok(cap.min(want))),
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "HBONE stream closed",
+                    )));
+                }
+            }
+        }
+    }
 }
 
 fn h2_to_io(e: h2::Error) -> io::Error {
@@ -86,23 +141,9 @@ impl AsyncWrite for H2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let send = &mut self.send;
-        send.reserve_capacity(buf.len());
-        let cap = loop {
-            match ready!(send.poll_capacity(cx)) {
-                Some(Ok(0)) => continue,
-                Some(Ok(cap)) => break cap,
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "HBONE stream closed",
-                    )));
-                }
-            }
-        };
-        let n = cap.min(buf.len());
-        send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
+        let n = ready!(self.poll_send_capacity(cx, buf.len()))?;
+        self.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
             .map_err(h2_to_io)?;
         Poll::Ready(Ok(n))
     }

@@ -8,7 +8,6 @@ use crate::rbac::{self, Connection};
 use crate::state::Workload;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 pub async fn serve(
@@ -134,8 +133,8 @@ pub async fn copy_under_policy<D, U>(
     record: &ConnectionRecord,
 ) -> Result<(), Outcome>
 where
-    D: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    D: copy::Source + copy::Sink,
+    U: copy::Source + copy::Sink,
 {
     let mut changes = inputs.state.subscribe();
     // The state may have changed since the first check: look once more at the start.
