@@ -70,12 +70,13 @@ impl Sink for TcpStream {
         cx: &mut Context<'_>,
         queue: &mut VecDeque<Bytes>,
     ) -> Poll<io::Result<usize>> {
-        let slices: Vec<IoSlice<'_>> = queue
-            .iter()
-            .take(MAX_IOV)
-            .map(|b| IoSlice::new(b))
-            .collect();
-        let n = ready!(Pin::new(&mut *self).poll_write_vectored(cx, &slices))?;
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let mut used = 0;
+        for (slot, chunk) in slices.iter_mut().zip(queue.iter()) {
+            *slot = IoSlice::new(chunk);
+            used += 1;
+        }
+        let n = ready!(Pin::new(&mut *self).poll_write_vectored(cx, &slices[..used]))?;
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
