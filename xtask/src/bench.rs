@@ -398,6 +398,13 @@ fn measure(sc: &Scene, mode: &str, rounds: usize) -> anyhow::Result<()> {
         Scene::Shared { c, .. } => Some(connect_hook_cost(c, sc, 7, 300)?),
         Scene::Dedicated { .. } => None,
     };
+    // The agents hand free pages back every 10 s: what they keep once the load is over.
+    std::thread::sleep(Duration::from_secs(11));
+    let at_rest: Vec<f64> = sc
+        .agent_pids()
+        .into_iter()
+        .map(|pid| rss_mib(pid, "VmRSS:"))
+        .collect();
 
     let get = |k: &str| {
         let [d, s] = m.get(k).cloned().unwrap_or_default();
@@ -470,7 +477,7 @@ fn measure(sc: &Scene, mode: &str, rounds: usize) -> anyhow::Result<()> {
         "{:<44} {:>12} {:>12.2} {:>8} {:>10}",
         "CPU seconds of both agents per GB streamed", "-", cpu_gb, "-", "-"
     );
-    for (i, (now, peak)) in rss.into_iter().enumerate() {
+    for (i, ((now, peak), rest)) in rss.into_iter().zip(at_rest).enumerate() {
         println!(
             "{:<44} {:>12} {:>9.1}MiB {:>8} {:>10}",
             format!("RSS of agent {} (peak {peak:.1} MiB)", i + 1),
@@ -478,6 +485,10 @@ fn measure(sc: &Scene, mode: &str, rounds: usize) -> anyhow::Result<()> {
             now,
             "-",
             "14.5MiB"
+        );
+        println!(
+            "{:<44} {:>12} {:>9.1}MiB {:>8} {:>10}",
+            "  the same, 11 s after the load", "-", rest, "-", "-"
         );
     }
     if let Some(h) = hook {
