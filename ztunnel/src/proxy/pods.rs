@@ -62,7 +62,7 @@ impl Pods {
     ) {
         let mut changes = self.base.state.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
-        self.reconcile();
+        self = self.reconciled().await;
         // Namespaces an earlier agent left enrolled and this one did not enroll again.
         if let Err(e) = self.redirector.remove_stale() {
             tracing::error!(error = %e, "removing stale enrolled namespaces");
@@ -80,7 +80,7 @@ impl Pods {
                     }
                 }
             }
-            self.reconcile();
+            self = self.reconciled().await;
         }
         // Draining: stop accepting in every pod, then wait for the pods' open connections
         // (each holds a receiver of its pod's channel). The agent's drain timeout bounds this,
@@ -91,6 +91,20 @@ impl Pods {
         }
         for pod in &pods {
             pod.stop.closed().await;
+        }
+    }
+
+    /// [`Self::reconcile`] on a blocking thread: loading a pod's program parses the kernel's
+    /// BTF (tens of milliseconds), and the control thread meanwhile keeps accepting.
+    async fn reconciled(mut self) -> Self {
+        match tokio::task::spawn_blocking(move || {
+            self.reconcile();
+            self
+        })
+        .await
+        {
+            Ok(this) => this,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
 
