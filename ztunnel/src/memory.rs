@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 /// Blocks of this size and larger are mapped on their own and returned when freed. Fixed, so
-/// that glibc does not raise it; above the copy buffers (256 KiB), which are reused.
+/// that glibc does not raise it; above the copy loop's 256 KiB read buffers, which come from
+/// the arenas.
 #[cfg(target_env = "gnu")]
 const MMAP_THRESHOLD: libc::c_int = 1024 * 1024;
 

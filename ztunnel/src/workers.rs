@@ -23,7 +23,7 @@ struct Workers {
 static WORKERS: OnceLock<Workers> = OnceLock::new();
 
 thread_local! {
-    /// Which worker this thread is (0 off the workers: there is then a single pool).
+    /// Which worker this thread is (0 off the workers).
     static INDEX: Cell<usize> = const { Cell::new(0) };
 }
 
@@ -75,8 +75,31 @@ where
 }
 
 /// The index of the worker running the caller (0 off the workers).
-pub fn current() -> usize {
+fn current() -> usize {
     INDEX.with(Cell::get)
+}
+
+/// One `T` per worker, for state only that worker's tasks use, such as connection pools
+/// whose connections' drivers run there. Without workers there is one.
+pub struct PerWorker<T>(Box<[T]>);
+
+impl<T: Default> Default for PerWorker<T> {
+    fn default() -> Self {
+        let n = WORKERS.get().map_or(1, |w| w.handles.len());
+        Self((0..n).map(|_| T::default()).collect())
+    }
+}
+
+impl<T> PerWorker<T> {
+    /// The caller's worker's `T`.
+    pub fn here(&self) -> &T {
+        &self.0[current() % self.0.len()]
+    }
+
+    /// Every worker's.
+    pub fn all(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
 }
 
 /// Runs `serve` for an accepted connection on the next worker, round robin. Without workers

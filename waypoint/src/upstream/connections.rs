@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use ztunnel::hbone::client::{Connect, Dialer, Pool, PoolKey};
 use ztunnel::identity::Identity;
 use ztunnel::state::Protocol;
+use ztunnel::workers::PerWorker;
 
 /// Why an attempt got no response. The variant decides retries and response flags.
 #[derive(Debug, thiserror::Error)]
@@ -45,18 +46,10 @@ pub struct Connections {
     hbone: Pool,
     dialer: Dialer,
     identity: Identity,
-    /// Keyed by (worker thread, endpoint): a connection's driver runs on the worker that
-    /// opened it, so only that worker's requests use it.
-    http1: Mutex<HashMap<WorkerAddr, Vec<http1::SendRequest<Body>>>>,
-    http2: Mutex<HashMap<WorkerAddr, http2::SendRequest<Body>>>,
-}
-
-/// An endpoint on one worker thread.
-type WorkerAddr = (usize, SocketAddr);
-
-/// This worker's pool key for `addr`.
-fn here(addr: SocketAddr) -> WorkerAddr {
-    (ztunnel::workers::current(), addr)
+    /// Per worker thread: a connection's driver runs on the worker that opened it, so only
+    /// that worker's requests use it.
+    http1: PerWorker<Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>>,
+    http2: PerWorker<Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>>,
 }
 
 impl Connections {
@@ -149,8 +142,8 @@ impl Connections {
         let result = sender.send_request(req).await.map_err(classify);
         // Back in the pool at once: it is skipped until the response body has been read.
         if result.is_ok() {
-            let mut map = self.http1.lock().unwrap_or_else(|p| p.into_inner());
-            let list = map.entry(here(addr)).or_default();
+            let mut map = self.http1.here().lock().unwrap_or_else(|p| p.into_inner());
+            let list = map.entry(addr).or_default();
             if list.len() < MAX_IDLE_PER_ENDPOINT {
                 list.push(sender);
             }
@@ -159,8 +152,8 @@ impl Connections {
     }
 
     fn idle_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
-        let mut map = self.http1.lock().unwrap_or_else(|p| p.into_inner());
-        let list = map.get_mut(&here(addr))?;
+        let mut map = self.http1.here().lock().unwrap_or_else(|p| p.into_inner());
+        let list = map.get_mut(&addr)?;
         list.retain(|s| !s.is_closed());
         let i = list.iter().position(|s| s.is_ready())?;
         Some(list.swap_remove(i))
@@ -190,8 +183,8 @@ impl Connections {
         connect_timeout: Option<std::time::Duration>,
     ) -> Result<http2::SendRequest<Body>, SendError> {
         {
-            let map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = map.get(&here(ep.addr))
+            let map = self.http2.here().lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = map.get(&ep.addr)
                 && !s.is_closed()
             {
                 return Ok(s.clone());
@@ -204,8 +197,8 @@ impl Connections {
             .await
             .map_err(|e| handshake_failed(addr, e))?;
         drive(addr, "HTTP/2", conn);
-        let mut map = self.http2.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(here(ep.addr), sender.clone());
+        let mut map = self.http2.here().lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(ep.addr, sender.clone());
         Ok(sender)
     }
 }

@@ -3,6 +3,7 @@
 
 use super::{H2Stream, keepalive};
 use crate::identity::{CaError, CertManager, Identity};
+use crate::workers::PerWorker;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
@@ -167,13 +168,13 @@ pub struct Pool {
     dialer: Dialer,
     /// Per worker thread: a connection's HTTP/2 driver runs on the worker that opened it, so
     /// only that worker's tunnels use it (no wake-up crosses threads).
-    conns: Arc<Mutex<HashMap<WorkerKey, Vec<PooledConn>>>>,
+    conns: ByKey<Vec<PooledConn>>,
     /// Serialises dialing per key, so that a burst of requests opens one connection, not many.
-    dialing: Arc<Mutex<HashMap<WorkerKey, Arc<tokio::sync::Mutex<()>>>>>,
+    dialing: ByKey<Arc<tokio::sync::Mutex<()>>>,
 }
 
-/// A pool key on one worker thread.
-type WorkerKey = (usize, PoolKey);
+/// A map by pool key on each worker.
+type ByKey<V> = Arc<PerWorker<Mutex<HashMap<PoolKey, V>>>>;
 
 impl Pool {
     pub fn new(certs: Arc<CertManager>, dialer: Dialer) -> Self {
@@ -206,7 +207,6 @@ impl Pool {
     /// A connection with a claimed stream slot: pooled, or dialled (one dial per key at a
     /// time, so that a burst of requests opens one connection, not many).
     async fn get(&self, key: &PoolKey) -> Result<(PooledConn, StreamSlot), HboneError> {
-        let key = &(crate::workers::current(), key.clone());
         if let Some(c) = self.checkout(key) {
             return Ok(c);
         }
@@ -216,7 +216,7 @@ impl Pool {
             match self.checkout(key) {
                 Some(c) => Ok(c),
                 None => {
-                    let addr = key.1.dst;
+                    let addr = key.dst;
                     match tokio::time::timeout(OPEN_TIMEOUT, self.open(key)).await {
                         Ok(r) => r,
                         Err(_) => Err(HboneError::Timeout {
@@ -228,7 +228,11 @@ impl Pool {
             }
         };
         // The last one out removes the key's lock, so the map does not grow forever.
-        let mut map = self.dialing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .dialing
+            .here()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         drop(lock);
         if map.get(key).is_some_and(|l| Arc::strong_count(l) == 1) {
             map.remove(key);
@@ -236,13 +240,17 @@ impl Pool {
         result
     }
 
-    fn dial_lock(&self, key: &WorkerKey) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.dialing.lock().unwrap_or_else(|p| p.into_inner());
+    fn dial_lock(&self, key: &PoolKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self
+            .dialing
+            .here()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         map.entry(key.clone()).or_default().clone()
     }
 
-    fn checkout(&self, key: &WorkerKey) -> Option<(PooledConn, StreamSlot)> {
-        let mut map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+    fn checkout(&self, key: &PoolKey) -> Option<(PooledConn, StreamSlot)> {
+        let mut map = self.conns.here().lock().unwrap_or_else(|p| p.into_inner());
         let list = map.get_mut(key)?;
         list.retain(|c| !c.closed.load(Ordering::Relaxed));
         if list.is_empty() {
@@ -254,15 +262,19 @@ impl Pool {
 
     /// Number of open pooled connections (for tests and the admin page).
     pub fn connections(&self) -> usize {
-        let map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        map.values()
-            .flatten()
-            .filter(|c| !c.closed.load(Ordering::Relaxed))
-            .count()
+        self.conns
+            .all()
+            .map(|shard| {
+                let map = shard.lock().unwrap_or_else(|p| p.into_inner());
+                map.values()
+                    .flatten()
+                    .filter(|c| !c.closed.load(Ordering::Relaxed))
+                    .count()
+            })
+            .sum()
     }
 
-    async fn open(&self, worker_key: &WorkerKey) -> Result<(PooledConn, StreamSlot), HboneError> {
-        let key = &worker_key.1;
+    async fn open(&self, key: &PoolKey) -> Result<(PooledConn, StreamSlot), HboneError> {
         let addr = key.dst;
         let cert = self.certs.get(&key.src_id)?;
         let tls = crate::tls::client_config(&cert, self.certs.roots(), key.dst_ids.clone())
@@ -315,10 +327,8 @@ impl Pool {
             }
         });
         tracing::debug!(%addr, src = %key.src_id, "opened HBONE connection");
-        let mut map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(worker_key.clone())
-            .or_default()
-            .push(conn.clone());
+        let mut map = self.conns.here().lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.clone()).or_default().push(conn.clone());
         Ok((conn, slot))
     }
 }
