@@ -6,6 +6,10 @@
 //!   by eBPF (the bench process joins the watched cgroup for the mesh rounds and leaves it for
 //!   the direct ones); direct goes to an unenrolled twin of the server pod on the same node,
 //!   since the server pod's inbound is captured whenever it is enrolled.
+//!
+//! A third path, `relays`, is two plain TCP relays on the hops the agents take (in the
+//! client's namespace on loopback, and beside the server), with no TLS and no HTTP/2: the
+//! floor that any path through two user-space proxies pays on this machine.
 
 #[path = "bench_waypoint.rs"]
 mod waypoint;
@@ -14,22 +18,28 @@ use mesh_tests::cluster::{Cluster, NodeAgent};
 use mesh_tests::{NetNs, Topology};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SOCKS: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15080);
 const ECHO_PORT: u16 = 8080;
 const SINK_PORT: u16 = 8081;
+/// The relays listen on the server's port plus this.
+const RELAY_OFFSET: u16 = 10000;
 
 /// How a bench client reaches the server.
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
     Direct,
+    Relays,
     Mesh,
 }
+
+const PATHS: [Path; 3] = [Path::Direct, Path::Relays, Path::Mesh];
 
 enum Scene {
     Dedicated {
@@ -52,9 +62,18 @@ impl Scene {
 
     fn server(&self, path: Path, port: u16) -> SocketAddr {
         match (self, path) {
+            (_, Path::Relays) => (std::net::Ipv4Addr::LOCALHOST, port + RELAY_OFFSET).into(),
             (Scene::Dedicated { t, .. }, _) => t.server.addr(port),
             (Scene::Shared { c, .. }, Path::Mesh) => c.pod("server").addr(port),
             (Scene::Shared { c, .. }, Path::Direct) => c.pod("twin").addr(port),
+        }
+    }
+
+    /// Where the second relay runs: beside the server that the direct path reaches.
+    fn far_side(&self) -> (&NetNs, std::net::IpAddr) {
+        match self {
+            Scene::Dedicated { t, .. } => (&t.server.ns, t.server.addr(0).ip()),
+            Scene::Shared { c, .. } => (&c.pod("twin").ns, c.pod("twin").addr(0).ip()),
         }
     }
 
@@ -71,7 +90,7 @@ impl Scene {
             let cg = &c.cgroup.path;
             let procs: PathBuf = match path {
                 Path::Mesh => cg.join("cgroup.procs"),
-                Path::Direct => cg.parent().unwrap_or(cg).join("cgroup.procs"),
+                Path::Direct | Path::Relays => cg.parent().unwrap_or(cg).join("cgroup.procs"),
             };
             std::fs::write(procs, std::process::id().to_string())?;
         }
@@ -120,6 +139,94 @@ fn sink(mut s: TcpStream) {
         total += n as u64;
     }
     let _ = s.write_all(&total.to_be_bytes());
+}
+
+/// CPU of the relay threads: those running, and those that have ended.
+struct RelayCpu {
+    live: Vec<libc::pid_t>,
+    ended_ns: u64,
+}
+
+static RELAY_CPU: Mutex<RelayCpu> = Mutex::new(RelayCpu {
+    live: Vec::new(),
+    ended_ns: 0,
+});
+
+/// A plain TCP relay: accepts on `listen` inside `ns` and connects, from `ns` too, to `to`;
+/// a thread per direction, as simple as a proxy gets.
+fn start_relay(ns: &NetNs, listen: SocketAddr, to: SocketAddr) -> anyhow::Result<()> {
+    let listener = ns.run(|| TcpListener::bind(listen))?;
+    let ns_file = std::fs::File::open(ns.path())?;
+    std::thread::spawn(move || {
+        // This thread (and the ones it starts) stays in `ns`, so that its connects leave from there.
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        if unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            eprintln!("bench: relay: setns: {}", std::io::Error::last_os_error());
+            return;
+        }
+        for down in listener.incoming().flatten() {
+            let Ok(up) = TcpStream::connect(to) else {
+                continue;
+            };
+            let (Ok(down2), Ok(up2)) = (down.try_clone(), up.try_clone()) else {
+                continue;
+            };
+            let _ = (down.set_nodelay(true), up.set_nodelay(true));
+            std::thread::spawn(move || pipe(down, up));
+            std::thread::spawn(move || pipe(up2, down2));
+        }
+    });
+    Ok(())
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    if let Ok(mut cpu) = RELAY_CPU.lock() {
+        cpu.live.push(tid);
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if let Ok(mut cpu) = RELAY_CPU.lock() {
+        cpu.live.retain(|t| *t != tid);
+        cpu.ended_ns += ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    }
+}
+
+/// CPU seconds the relay threads have used so far.
+fn relay_cpu_seconds() -> f64 {
+    let Ok(cpu) = RELAY_CPU.lock() else {
+        return 0.0;
+    };
+    let live: u64 = cpu
+        .live
+        .iter()
+        .filter_map(|tid| {
+            // The first field is the time on CPU, in nanoseconds.
+            let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+            s.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    (live + cpu.ended_ns) as f64 / 1e9
+}
+
+/// CPU seconds used so far by what carries `path`: the agents or the relays.
+fn path_cpu_seconds(sc: &Scene, path: Path) -> f64 {
+    match path {
+        Path::Relays => relay_cpu_seconds(),
+        _ => sc.agent_pids().iter().map(|p| cpu_seconds(*p)).sum(),
+    }
 }
 
 /// Bytes per second of one stream for `secs`.
@@ -227,15 +334,15 @@ fn rss_mib(pid: u32, field: &str) -> f64 {
         / 1024.0
 }
 
-/// vCPU used by both agents while 4 connections carry `rate` requests per second in all.
-fn agent_cpu_at(sc: &Scene, rate: u64, secs: f64) -> anyhow::Result<f64> {
-    sc.select(Path::Mesh)?;
-    let pids = sc.agent_pids();
+/// vCPU used by what carries `path` (both agents, or both relays) while 4 connections carry
+/// `rate` requests per second in all.
+fn cpu_at(sc: &Scene, path: Path, rate: u64, secs: f64) -> anyhow::Result<f64> {
+    sc.select(path)?;
     let conns = 4u64;
     let mut streams: Vec<TcpStream> = (0..conns)
-        .map(|_| sc.connect(Path::Mesh, ECHO_PORT))
+        .map(|_| sc.connect(path, ECHO_PORT))
         .collect::<Result<_, _>>()?;
-    let before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let before = path_cpu_seconds(sc, path);
     let start = Instant::now();
     let interval = Duration::from_secs_f64(conns as f64 / rate as f64);
     let mut next = Instant::now();
@@ -252,7 +359,7 @@ fn agent_cpu_at(sc: &Scene, rate: u64, secs: f64) -> anyhow::Result<f64> {
             std::thread::sleep(wait);
         }
     }
-    let after: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let after = path_cpu_seconds(sc, path);
     Ok((after - before) / start.elapsed().as_secs_f64())
 }
 
@@ -308,6 +415,17 @@ fn start_servers(ns: &NetNs, ip: std::net::IpAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The relays path: loopback in the client's namespace, then beside the far server.
+fn start_relays(sc: &Scene) -> anyhow::Result<()> {
+    let (far, ip) = sc.far_side();
+    for port in [ECHO_PORT, SINK_PORT] {
+        let hop = SocketAddr::new(ip, port + RELAY_OFFSET);
+        start_relay(far, hop, SocketAddr::new(ip, port))?;
+        start_relay(sc.client(), sc.server(Path::Relays, port), hop)?;
+    }
+    Ok(())
+}
+
 fn scene(mode: &str, bins: &std::path::Path) -> anyhow::Result<Scene> {
     Ok(match mode {
         "dedicated" => {
@@ -351,6 +469,7 @@ pub fn run(rounds: usize, modes: &[&str]) -> anyhow::Result<()> {
             continue;
         }
         let sc = scene(mode, &bins)?;
+        start_relays(&sc)?;
         let result = measure(&sc, mode, rounds);
         // Whatever happened, leave the watched cgroup before it is removed.
         let _ = sc.select(Path::Direct);
@@ -359,36 +478,38 @@ pub fn run(rounds: usize, modes: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+type Samples = std::collections::BTreeMap<&'static str, [Vec<f64>; 3]>;
+
 fn measure(sc: &Scene, mode: &str, rounds: usize) -> anyhow::Result<()> {
-    let mut m: std::collections::BTreeMap<&str, [Vec<f64>; 2]> = Default::default();
+    let mut m = Samples::new();
     for round in 1..=rounds {
         eprintln!("bench: round {round} of {rounds}");
-        for path in [Path::Direct, Path::Mesh] {
+        for (i, path) in PATHS.into_iter().enumerate() {
             sc.select(path)?;
-            let i = (path == Path::Mesh) as usize;
-            let push = |m: &mut std::collections::BTreeMap<&str, [Vec<f64>; 2]>, k, v| {
-                m.entry(k).or_default()[i].push(v)
-            };
-            let cpu_before: f64 = sc.agent_pids().iter().map(|p| cpu_seconds(*p)).sum();
+            let mut push = |k, v| m.entry(k).or_default()[i].push(v);
+            let cpu_before = path_cpu_seconds(sc, path);
             let bytes_per_sec = throughput(sc, path, 3.0)?;
-            let cpu: f64 =
-                sc.agent_pids().iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu_before;
-            push(&mut m, "throughput", bytes_per_sec);
-            if path == Path::Mesh {
-                push(&mut m, "cpu_per_gb", cpu / (bytes_per_sec * 3.0 / 1e9));
+            let cpu = path_cpu_seconds(sc, path) - cpu_before;
+            push("throughput", bytes_per_sec);
+            if path != Path::Direct {
+                push("cpu_per_gb", cpu / (bytes_per_sec * 3.0 / 1e9));
             }
             let lat = latencies(sc, path, 5000)?;
-            push(&mut m, "p50", percentile(&lat, 0.5));
-            push(&mut m, "p99", percentile(&lat, 0.99));
-            push(&mut m, "rps16", requests_per_sec(sc, path, 16, 2.0)?);
-            push(&mut m, "cps", connections_per_sec(sc, path, 2.0)?);
+            push("p50", percentile(&lat, 0.5));
+            push("p99", percentile(&lat, 0.99));
+            push("rps16", requests_per_sec(sc, path, 16, 2.0)?);
+            // A relay starts two threads per connection: no floor for connection rates.
+            if path != Path::Relays {
+                push("cps", connections_per_sec(sc, path, 2.0)?);
+            }
         }
     }
-    let cpu = median(
-        (0..rounds)
-            .map(|_| agent_cpu_at(sc, 1000, 3.0))
-            .collect::<Result<_, _>>()?,
-    );
+    for _ in 0..rounds {
+        for (i, path) in PATHS.into_iter().enumerate().skip(1) {
+            let v = cpu_at(sc, path, 1000, 3.0)?;
+            m.entry("cpu1000").or_default()[i].push(v);
+        }
+    }
     let rss: Vec<(f64, f64)> = sc
         .agent_pids()
         .into_iter()
@@ -406,102 +527,119 @@ fn measure(sc: &Scene, mode: &str, rounds: usize) -> anyhow::Result<()> {
         .map(|pid| rss_mib(pid, "VmRSS:"))
         .collect();
 
-    let get = |k: &str| {
-        let [d, s] = m.get(k).cloned().unwrap_or_default();
-        (median(d), median(s))
-    };
     println!("\nbench [{mode}]: medians of {rounds} interleaved rounds; direct = 1.0");
     match sc {
         Scene::Dedicated { .. } => println!(
-            "mesh path: client pod -> SOCKS5 (agent 1) -> HBONE mTLS -> agent 2 -> server pod\n"
+            "mesh path: client pod -> SOCKS5 (agent 1) -> HBONE mTLS -> agent 2 -> server pod"
         ),
         Scene::Shared { .. } => println!(
-            "mesh path: client pod connect() -> eBPF -> agent (node 1) -> HBONE mTLS between nodes -> agent (node 2) -> server pod;\ndirect: the same client to an unenrolled pod beside the server\n"
+            "mesh path: client pod connect() -> eBPF -> agent (node 1) -> HBONE mTLS between nodes -> agent (node 2) -> server pod;\ndirect: the same client to an unenrolled pod beside the server"
         ),
     }
     println!(
-        "{:<44} {:>12} {:>12} {:>8} {:>10}",
-        "metric", "direct", "mesh", "ratio", "istio"
+        "relays: two plain TCP relays on the agents' hops, no TLS, no HTTP/2 (the floor for two proxies)\n"
     );
-    let (d, s) = get("throughput");
     println!(
-        "{:<44} {:>10.0}MB {:>10.0}MB {:>8.2} {:>10}",
-        "single-stream throughput (MB/s)",
-        d / 1e6,
-        s / 1e6,
-        s / d,
-        "0.32"
+        "{:<42} {:>10} {:>16} {:>16} {:>9}",
+        "metric", "direct", "relays", "mesh", "istio"
     );
-    let (d, s) = get("p50");
-    println!(
-        "{:<44} {:>10.1}us {:>10.1}us {:>+7.1}us {:>10}",
+    let row = |name: &str, k: &str, unit: Unit, istio: &str| {
+        let [d, r, s] = m.get(k).cloned().unwrap_or_default().map(median);
+        let cell = |v: f64| match unit {
+            Unit::MBps => format!("{:.0}MB ({:.2})", v / 1e6, v / d),
+            Unit::Rate => format!("{v:.0} ({:.2})", v / d),
+            Unit::Micros => format!("{v:.1}us ({:+.0})", v - d),
+            Unit::Plain => format!("{v:.3}"),
+        };
+        let direct = match unit {
+            Unit::MBps => format!("{:.0}MB", d / 1e6),
+            Unit::Rate => format!("{d:.0}"),
+            Unit::Micros => format!("{d:.1}us"),
+            Unit::Plain => "-".into(),
+        };
+        let show = |v: f64| if v.is_nan() { "-".into() } else { cell(v) };
+        println!(
+            "{name:<42} {direct:>10} {:>16} {:>16} {istio:>9}",
+            show(r),
+            show(s)
+        );
+    };
+    row(
+        "single-stream throughput (ratio)",
+        "throughput",
+        Unit::MBps,
+        "0.32",
+    );
+    row(
         "request/response latency p50 (added)",
-        d,
-        s,
-        s - d,
-        "+33us"
+        "p50",
+        Unit::Micros,
+        "+33us",
     );
-    let (d, s) = get("p99");
-    println!(
-        "{:<44} {:>10.1}us {:>10.1}us {:>+7.1}us {:>10}",
+    row(
         "request/response latency p99 (added)",
-        d,
-        s,
-        s - d,
-        "-"
+        "p99",
+        Unit::Micros,
+        "-",
     );
-    let (d, s) = get("rps16");
-    println!(
-        "{:<44} {:>12.0} {:>12.0} {:>8.2} {:>10}",
-        "requests/s over 16 connections",
-        d,
-        s,
-        s / d,
-        "0.21"
+    row(
+        "requests/s over 16 connections (ratio)",
+        "rps16",
+        Unit::Rate,
+        "0.21",
     );
-    let (d, s) = get("cps");
-    println!(
-        "{:<44} {:>12.0} {:>12.0} {:>8.2} {:>10}",
-        "new connections/s (1 request each)",
-        d,
-        s,
-        s / d,
-        "0.26"
+    row(
+        "new connections/s, 1 request each (ratio)",
+        "cps",
+        Unit::Rate,
+        "0.26",
     );
-    println!(
-        "{:<44} {:>12} {:>12.3} {:>8} {:>10}",
-        "vCPU of both agents at 1000 requests/s", "-", cpu, "-", "0.075"
+    row(
+        "vCPU of both proxies at 1000 requests/s",
+        "cpu1000",
+        Unit::Plain,
+        "0.075",
     );
-    let (_, cpu_gb) = get("cpu_per_gb");
-    println!(
-        "{:<44} {:>12} {:>12.2} {:>8} {:>10}",
-        "CPU seconds of both agents per GB streamed", "-", cpu_gb, "-", "-"
+    row(
+        "CPU seconds of both proxies per GB",
+        "cpu_per_gb",
+        Unit::Plain,
+        "-",
     );
     for (i, ((now, peak), rest)) in rss.into_iter().zip(at_rest).enumerate() {
         println!(
-            "{:<44} {:>12} {:>9.1}MiB {:>8} {:>10}",
+            "{:<42} {:>10} {:>16} {:>13.1}MiB {:>9}",
             format!("RSS of agent {} (peak {peak:.1} MiB)", i + 1),
             "-",
-            now,
             "-",
+            now,
             "14.5MiB"
         );
         println!(
-            "{:<44} {:>12} {:>9.1}MiB {:>8} {:>10}",
-            "  the same, 11 s after the load", "-", rest, "-", "-"
+            "{:<42} {:>10} {:>16} {:>13.1}MiB {:>9}",
+            "  the same, 11 s after the load", "-", "-", rest, "-"
         );
     }
     if let Some(h) = hook {
         println!(
-            "{:<44} {:>12} {:>+10.1}us {:>8} {:>10}",
-            "connect() cost of the hook, not redirected", "-", h, "-", "-"
+            "{:<42} {:>10} {:>16} {:>14.1}us {:>9}",
+            "connect() cost of the hook, not redirected", "-", "-", h, "-"
         );
     }
     println!(
-        "\n'istio' is Istio's ztunnel on this kind of machine (two agents, medians of three rounds)."
+        "\nin brackets: the ratio to direct, or the microseconds added to it. 'istio' is Istio's ztunnel\non this kind of machine (two agents, medians of three rounds)."
     );
     if let Scene::Dedicated { .. } = sc {
         println!("the dedicated mesh path also pays a SOCKS5 handshake per connection.");
     }
     Ok(())
+}
+
+/// How a bench row shows its figures.
+#[derive(Clone, Copy)]
+enum Unit {
+    MBps,
+    Rate,
+    Micros,
+    Plain,
 }

