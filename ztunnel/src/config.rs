@@ -38,9 +38,9 @@ pub struct Args {
     /// `SO_MARK` on the agent's sockets (default 1337 = 0x539).
     #[arg(long, env = "PACKET_MARK", default_value_t = mesh_common::DEFAULT_PACKET_MARK)]
     pub packet_mark: u32,
-    /// Data-plane worker threads, each with its own HBONE pool (default 2); configuration,
-    /// admin and accepting run on one more, the control thread.
-    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
+    /// Data-plane worker threads, each with its own HBONE pool (default 2, but at most half
+    /// the CPUs); configuration, admin and accepting run on one more, the control thread.
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = crate::workers::default_count())]
     pub worker_threads: usize,
     /// SOCKS5 listener on 127.0.0.1:15080 (default off).
     #[arg(long, env = "UNSTABLE_ENABLE_SOCKS5", value_parser = BoolishValueParser::new(), default_value = "false")]
