@@ -135,7 +135,18 @@ impl Topology {
     /// Starts the agent of `pod` in dedicated mode with its CA folder `ca_dir`, and waits
     /// until it is ready.
     pub fn start_agent(&self, pod: &Pod, ca_dir: &Path) -> anyhow::Result<Agent> {
+        self.start_agent_with(pod, ca_dir, &[])
+    }
+
+    /// [`Self::start_agent`] with more environment variables for the agent.
+    pub fn start_agent_with(
+        &self,
+        pod: &Pod,
+        ca_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Agent> {
         let mut cmd = pod.ns.command(&self.ztunnel);
+        cmd.envs(env.iter().copied());
         cmd.env("LOCAL_XDS_PATH", self.config_path())
             .env("XDS_ADDRESS", "")
             .env("PROXY_MODE", "dedicated")

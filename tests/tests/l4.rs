@@ -28,8 +28,11 @@ fn payload(len: usize) -> Vec<u8> {
 fn socks5_request_arrives_byte_exact_over_mtls_only() {
     let t = Topology::new().unwrap();
     let _echo = EchoServer::start(&t.server.ns, t.server.addr(8080)).unwrap();
-    let _server_agent = t.start_agent(&t.server, &t.ca_dir).unwrap();
-    let _client_agent = t.start_agent(&t.client, &t.ca_dir).unwrap();
+    // Two workers each (the default on a machine of 4 CPUs or more): the second connection
+    // is handed to the other worker and rides that worker's own HBONE connection.
+    let workers = [("ZTUNNEL_WORKER_THREADS", "2")];
+    let _server_agent = t.start_agent_with(&t.server, &t.ca_dir, &workers).unwrap();
+    let _client_agent = t.start_agent_with(&t.client, &t.ca_dir, &workers).unwrap();
     let capture = Capture::start(&t.client.ns, &t.link.a_name, &t.dir).unwrap();
 
     let small = payload(1000);
