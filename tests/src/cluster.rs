@@ -502,9 +502,20 @@ impl Cluster {
     /// Starts the waypoint proxy in `pod`'s namespace with the rules of `config_dir`, as
     /// the Gateway `waypoint`, and waits until it is ready.
     pub fn start_waypoint(&self, pod: &ClusterPod, config_dir: &Path) -> anyhow::Result<Process> {
+        self.start_waypoint_with(pod, config_dir, &[])
+    }
+
+    /// [`Self::start_waypoint`] with more environment variables for the waypoint.
+    pub fn start_waypoint_with(
+        &self,
+        pod: &ClusterPod,
+        config_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Process> {
         let bin = self.ztunnel.with_file_name("waypoint");
         anyhow::ensure!(bin.exists(), "{} not found: build it first", bin.display());
         let mut cmd = pod.ns.command(&bin);
+        cmd.envs(env.iter().copied());
         cmd.arg("run")
             .env("WAYPOINT_CONFIG_DIR", config_dir)
             .env("LOCAL_XDS_PATH", self.config_path())

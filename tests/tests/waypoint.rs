@@ -130,7 +130,15 @@ impl Scene {
         let b2 = Backend::start(&v2.ns, v2.addr(8080), "v2").unwrap();
         let a1 = c.start_agent(0).unwrap();
         let a2 = c.start_agent(1).unwrap();
-        let waypoint = c.start_waypoint(c.pod("waypoint"), &rules).unwrap();
+        // Two workers (the default from 4 CPUs): curl's connections are spread over both,
+        // each with its own upstream pools.
+        let waypoint = c
+            .start_waypoint_with(
+                c.pod("waypoint"),
+                &rules,
+                &[("WAYPOINT_WORKER_THREADS", "2")],
+            )
+            .unwrap();
         Scene {
             c,
             rules,

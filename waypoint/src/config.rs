@@ -36,9 +36,9 @@ pub struct RunArgs {
     /// This waypoint's network (default: the unnamed network).
     #[arg(long, env = "NETWORK", default_value = "")]
     pub network: String,
-    /// Data-plane worker threads, each with its own upstream pools (default 2), besides the
-    /// control thread.
-    #[arg(long, env = "WAYPOINT_WORKER_THREADS", default_value_t = 2)]
+    /// Data-plane worker threads, each with its own upstream pools (default 2, but at most
+    /// half the CPUs), besides the control thread.
+    #[arg(long, env = "WAYPOINT_WORKER_THREADS", default_value_t = ztunnel::workers::default_count())]
     pub worker_threads: usize,
     /// Lifetime of the waypoint's certificate (default 24h, renewed at half-life).
     #[arg(long, env = "SECRET_TTL", default_value = "24h")]

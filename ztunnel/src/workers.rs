@@ -28,10 +28,11 @@ thread_local! {
 }
 
 /// The default number of workers: two, as Istio's ztunnel has, but never more than half the
-/// CPUs this process may use. A node agent shares its node with the workloads it carries: on
-/// a 2-CPU node a second worker only spreads a few connections over two threads, so each
-/// burst of requests wakes both (the bench measured 0.21 against 0.15 vCPU at 1000
-/// requests/s), while the stream throughput stays the same.
+/// CPUs this process may use. A proxy shares its node with the workloads it carries: on a
+/// 2-CPU node a second worker spreads a few connections over two threads, so each burst of
+/// requests wakes both (the bench measured 0.21 against 0.15 vCPU for both agents at 1000
+/// requests/s, the same stream throughput). The price is the ceiling when one proxy needs
+/// more than a core, which on such a node leaves the workloads nothing.
 pub fn default_count() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cpus / 2).clamp(1, 2)
