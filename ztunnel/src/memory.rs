@@ -1,5 +1,5 @@
-//! The heap's shape under glibc. Each eBPF load parses the kernel's BTF (megabytes, in tens of
-//! thousands of allocations) and frees it again. Left alone, glibc then raises its mmap
+//! The heap's shape under glibc. Each eBPF loader parses the kernel's BTF (megabytes, in tens
+//! of thousands of allocations) and frees it again. Left alone, glibc then raises its mmap
 //! threshold to the size of the largest freed block, so later large buffers come from the
 //! arenas too, and the freed pages stay resident: an agent that enrolled two pods kept about
 //! 18 MiB more than it used.
@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 /// Blocks of this size and larger are mapped on their own and returned when freed. Fixed, so
-/// that glibc does not raise it; above the copy loop's 256 KiB read buffers, which come from
+/// that glibc does not raise it; above the copy loop's 64 KiB read buffers, which come from
 /// the arenas.
 #[cfg(target_env = "gnu")]
 const MMAP_THRESHOLD: libc::c_int = 1024 * 1024;

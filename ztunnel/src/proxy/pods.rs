@@ -94,8 +94,9 @@ impl Pods {
         }
     }
 
-    /// [`Self::reconcile`] on a blocking thread: loading a pod's program parses the kernel's
-    /// BTF (tens of milliseconds), and the control thread meanwhile keeps accepting.
+    /// [`Self::reconcile`] on a blocking thread: loading and verifying a pod's program takes
+    /// milliseconds (tens when the object needs the kernel's BTF parsed), and the control
+    /// thread meanwhile keeps accepting.
     async fn reconciled(mut self) -> Self {
         match tokio::task::spawn_blocking(move || {
             self.reconcile();

@@ -98,6 +98,11 @@ pub struct Redirector {
     inherited: HashSet<u64>,
     /// The object, for the per-namespace copies.
     object: Object,
+    /// The loader of the per-namespace copies, kept so that the kernel's BTF is parsed once
+    /// and not for every pod (`EbpfLoader::new` parses it: tens of milliseconds and 15 MiB).
+    /// `None` when the object needs that BTF: each copy then gets a fresh loader, so that
+    /// it is not held for the agent's lifetime.
+    copy_loader: Option<EbpfLoader<'static>>,
     /// The enrolled namespaces by netns cookie, each with its sk_lookup copy.
     namespaces: HashMap<u64, sk_lookup::Namespace>,
     /// The cgroup the programs are attached to.
@@ -223,6 +228,8 @@ impl Redirector {
                 copy: "main".to_owned(),
                 source: Box::new(source),
             })?;
+        // Its copy of the kernel's BTF goes before the copies' loader parses another.
+        drop(loader);
         // Before loading the programs: the reader keeps the ring buffer's fd open.
         let logs = logs::LogReader::start(&mut ebpf, "main")?;
         config_map::write(&mut ebpf, cfg.mark, cfg.log_level)?;
@@ -260,6 +267,11 @@ impl Redirector {
             ebpf,
             _links: links,
             inherited: HashSet::new(),
+            copy_loader: (!object.needs_kernel_btf()).then(|| {
+                let mut loader = EbpfLoader::new();
+                loader.btf(None);
+                loader
+            }),
             object,
             namespaces: HashMap::new(),
             cgroup: cfg.cgroup.clone(),
@@ -307,7 +319,16 @@ impl Redirector {
                 false
             }
             None => {
+                let mut fresh;
+                let loader = match &mut self.copy_loader {
+                    Some(loader) => loader,
+                    None => {
+                        fresh = EbpfLoader::new();
+                        &mut fresh
+                    }
+                };
                 let namespace = sk_lookup::Namespace::load(
+                    loader,
                     cookie,
                     netns,
                     inbound,
@@ -316,8 +337,10 @@ impl Redirector {
                     &self.object,
                 )?;
                 self.namespaces.insert(cookie, namespace);
-                // The load parsed the kernel's BTF; give its pages back.
-                crate::memory::release_free_pages();
+                if self.copy_loader.is_none() {
+                    // The fresh loader parsed the kernel's BTF; give its pages back.
+                    crate::memory::release_free_pages();
+                }
                 true
             }
         };

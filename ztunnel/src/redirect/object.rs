@@ -71,6 +71,15 @@ impl Object {
     }
 }
 
+impl Object {
+    /// Whether the programs carry CO-RE relocations, which need the kernel's BTF. Ours do
+    /// not; an object that cannot even be parsed counts as needing it, and the load then
+    /// reports why.
+    pub(super) fn needs_kernel_btf(&self) -> bool {
+        aya_obj::Object::parse(self.bytes()).map_or(true, |o| o.has_btf_relocations())
+    }
+}
+
 impl fmt::Display for Object {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.0 {
@@ -115,6 +124,12 @@ mod tests {
     #[test]
     fn the_embedded_object_passes_the_check() {
         assert_eq!(check_elf(embedded()), Ok(()));
+    }
+
+    #[test]
+    fn the_embedded_object_loads_without_the_kernels_btf() {
+        // Pods' copies then share one loader that never parses the kernel's BTF.
+        assert!(!Object::embedded().needs_kernel_btf());
     }
 
     #[test]

@@ -40,10 +40,11 @@ pub(super) struct Namespace {
 }
 
 impl Namespace {
-    /// Loads a copy of `object` for the namespace `netns` (cookie `cookie`), writes its
-    /// `CONFIG`, puts `inbound` in its `INBOUND_LISTENER` and attaches `mesh_sk_lookup` to the
-    /// namespace. Needs a tokio runtime (for the log reader).
+    /// Loads a copy of `object` for the namespace `netns` (cookie `cookie`) with `loader`,
+    /// writes its `CONFIG`, puts `inbound` in its `INBOUND_LISTENER` and attaches
+    /// `mesh_sk_lookup` to the namespace. Needs a tokio runtime (for the log reader).
     pub(super) fn load(
+        loader: &mut EbpfLoader<'_>,
         cookie: u64,
         netns: &File,
         inbound: &TcpListener,
@@ -52,7 +53,7 @@ impl Namespace {
         object: &Object,
     ) -> Result<Self, RedirectError> {
         let copy = format!("sk_lookup copy for netns cookie {cookie}");
-        let mut ebpf = EbpfLoader::new()
+        let mut ebpf = loader
             .map_max_entries(maps::ENROLLED, 1)
             .map_max_entries(maps::ORIG_DST_BY_COOKIE, 1)
             .map_max_entries(maps::ORIG_DST_BY_TUPLE, 1)
