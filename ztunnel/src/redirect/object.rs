@@ -69,9 +69,7 @@ impl Object {
             }
         }
     }
-}
 
-impl Object {
     /// Whether the programs carry CO-RE relocations, which need the kernel's BTF. Ours do
     /// not; an object that cannot even be parsed counts as needing it, and the load then
     /// reports why.
