@@ -320,6 +320,10 @@ async fn a_request_that_is_not_connect_gets_400() {
         tls.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
+    assert_eq!(
+        tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
     let (mut h2, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(conn);
     let req = http::Request::get(format!("http://{}:8080/", net.ip(3)))
