@@ -521,10 +521,10 @@ fn measure(sc: &Scene, mode: &str, rounds: usize) -> anyhow::Result<()> {
     };
     // The agents hand free pages back every 10 s: what they keep once the load is over.
     std::thread::sleep(Duration::from_secs(11));
-    let at_rest: Vec<f64> = sc
+    let at_rest: Vec<(f64, f64)> = sc
         .agent_pids()
         .into_iter()
-        .map(|pid| rss_mib(pid, "VmRSS:"))
+        .map(|pid| (rss_mib(pid, "VmRSS:"), rss_mib(pid, "RssAnon:")))
         .collect();
 
     println!("\nbench [{mode}]: medians of {rounds} interleaved rounds; direct = 1.0");
@@ -606,7 +606,7 @@ fn measure(sc: &Scene, mode: &str, rounds: usize) -> anyhow::Result<()> {
         Unit::Plain,
         "-",
     );
-    for (i, ((now, peak), rest)) in rss.into_iter().zip(at_rest).enumerate() {
+    for (i, ((now, peak), (rest, anon))) in rss.into_iter().zip(at_rest).enumerate() {
         println!(
             "{:<42} {:>10} {:>16} {:>13.1}MiB {:>9}",
             format!("RSS of agent {} (peak {peak:.1} MiB)", i + 1),
@@ -619,6 +619,10 @@ fn measure(sc: &Scene, mode: &str, rounds: usize) -> anyhow::Result<()> {
             "{:<42} {:>10} {:>16} {:>13.1}MiB {:>9}",
             "  the same, 11 s after the load", "-", "-", rest, "-"
         );
+        println!(
+            "{:<42} {:>10} {:>16} {:>13.1}MiB {:>9}",
+            "  of that, anonymous (heap, stacks)", "-", "-", anon, "-"
+        );
     }
     if let Some(h) = hook {
         println!(
@@ -627,7 +631,7 @@ fn measure(sc: &Scene, mode: &str, rounds: usize) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nin brackets: the ratio to direct, or the microseconds added to it. 'istio' is Istio's ztunnel\non this kind of machine (two agents, medians of three rounds)."
+        "\nin brackets: the ratio to direct, or the microseconds added to it. 'istio' is Istio's ztunnel\non this kind of machine (two agents, medians of three rounds). RSS beyond the anonymous part is\nthe binary's code and the libraries, mapped from the page cache (clean, shared)."
     );
     if let Scene::Dedicated { .. } = sc {
         println!("the dedicated mesh path also pays a SOCKS5 handshake per connection.");
