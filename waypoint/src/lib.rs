@@ -222,3 +222,22 @@ fn admin_handler(wp: Arc<Waypoint>) -> ztunnel::admin::Handler {
         _ => ztunnel::admin::respond(http::StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     })
 }
+
+/// What unit tests share.
+#[cfg(test)]
+mod testing {
+    use std::sync::Arc;
+    use ztunnel::state::Workload;
+
+    /// The one workload of a local-file `workloads:` list.
+    pub fn workload(yaml: &str) -> Arc<Workload> {
+        let defaults = ztunnel::discovery::local::Defaults {
+            trust_domain: "cluster.local".into(),
+            cluster_id: "Kubernetes".into(),
+        };
+        let state =
+            ztunnel::discovery::local::parse(std::path::Path::new("t.yaml"), yaml, &defaults)
+                .expect("a test workload parses");
+        state.workloads().next().expect("one workload").clone()
+    }
+}

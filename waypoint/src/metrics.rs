@@ -456,17 +456,9 @@ mod tests {
     use super::*;
 
     fn workload(revision: &str) -> Arc<Workload> {
-        let yaml = format!(
+        crate::testing::workload(&format!(
             "workloads:\n- name: reviews-v\n  namespace: default\n  canonicalName: reviews\n  canonicalRevision: {revision}\n  workloadIps: [\"10.0.0.9\"]\n"
-        );
-        let defaults = ztunnel::discovery::local::Defaults {
-            trust_domain: "cluster.local".into(),
-            cluster_id: "Kubernetes".into(),
-        };
-        let state =
-            ztunnel::discovery::local::parse(std::path::Path::new("t.yaml"), &yaml, &defaults)
-                .unwrap();
-        state.workloads().next().unwrap().clone()
+        ))
     }
 
     /// `istio_requests_total` by the label values its series contains.

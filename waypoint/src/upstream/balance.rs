@@ -210,18 +210,12 @@ mod tests {
     }
 
     fn test_workload(i: u8) -> Workload {
-        let yaml = format!(
+        crate::testing::workload(&format!(
             "workloads:\n- name: w{i}\n  namespace: default\n  workloadIps: [\"10.0.0.{}\"]\n",
             i + 1
-        );
-        let defaults = ztunnel::discovery::local::Defaults {
-            trust_domain: "cluster.local".into(),
-            cluster_id: "Kubernetes".into(),
-        };
-        let state =
-            ztunnel::discovery::local::parse(std::path::Path::new("t.yaml"), &yaml, &defaults)
-                .unwrap();
-        state.workloads().next().unwrap().as_ref().clone()
+        ))
+        .as_ref()
+        .clone()
     }
 
     #[test]
