@@ -200,8 +200,11 @@ impl Drop for H2Stream {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // The stream still counts against its connection's limit until it closes.
+            let slot = self._slot.take();
             rt.spawn(async move {
                 let _ = tokio::time::timeout(LINGER, recv.data()).await;
+                drop(slot);
             });
         }
     }
