@@ -267,11 +267,7 @@ impl Redirector {
             ebpf,
             _links: links,
             inherited: HashSet::new(),
-            copy_loader: (!object.needs_kernel_btf()).then(|| {
-                let mut loader = EbpfLoader::new();
-                loader.btf(None);
-                loader
-            }),
+            copy_loader: (!object.needs_kernel_btf()).then(|| sk_lookup::copy_loader(false)),
             object,
             namespaces: HashMap::new(),
             cgroup: cfg.cgroup.clone(),
@@ -323,7 +319,7 @@ impl Redirector {
                 let loader = match &mut self.copy_loader {
                     Some(loader) => loader,
                     None => {
-                        fresh = EbpfLoader::new();
+                        fresh = sk_lookup::copy_loader(true);
                         &mut fresh
                     }
                 };

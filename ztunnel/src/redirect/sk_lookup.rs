@@ -39,10 +39,27 @@ pub(super) struct Namespace {
     _logs: LogReader,
 }
 
+/// A loader for the per-namespace copies: their maps other than the listener and the logs
+/// hold a single entry. `kernel_btf`: it parses the kernel's BTF, as an object with CO-RE
+/// relocations needs (tens of milliseconds and 15 MiB); without, it can serve every copy.
+pub(super) fn copy_loader(kernel_btf: bool) -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    if !kernel_btf {
+        loader.btf(None);
+    }
+    loader
+        .map_max_entries(maps::ENROLLED, 1)
+        .map_max_entries(maps::ORIG_DST_BY_COOKIE, 1)
+        .map_max_entries(maps::ORIG_DST_BY_TUPLE, 1)
+        .map_max_entries(maps::AYA_LOGS, LOG_RING_BYTES);
+    loader
+}
+
 impl Namespace {
-    /// Loads a copy of `object` for the namespace `netns` (cookie `cookie`) with `loader`,
-    /// writes its `CONFIG`, puts `inbound` in its `INBOUND_LISTENER` and attaches
-    /// `mesh_sk_lookup` to the namespace. Needs a tokio runtime (for the log reader).
+    /// Loads a copy of `object` for the namespace `netns` (cookie `cookie`) with `loader`
+    /// (from [`copy_loader`]), writes its `CONFIG`, puts `inbound` in its `INBOUND_LISTENER`
+    /// and attaches `mesh_sk_lookup` to the namespace. Needs a tokio runtime (for the log
+    /// reader).
     pub(super) fn load(
         loader: &mut EbpfLoader<'_>,
         cookie: u64,
@@ -54,10 +71,6 @@ impl Namespace {
     ) -> Result<Self, RedirectError> {
         let copy = format!("sk_lookup copy for netns cookie {cookie}");
         let mut ebpf = loader
-            .map_max_entries(maps::ENROLLED, 1)
-            .map_max_entries(maps::ORIG_DST_BY_COOKIE, 1)
-            .map_max_entries(maps::ORIG_DST_BY_TUPLE, 1)
-            .map_max_entries(maps::AYA_LOGS, LOG_RING_BYTES)
             .load(object.bytes())
             .map_err(|source| RedirectError::Object {
                 object: object.to_string(),
