@@ -408,7 +408,7 @@ impl Cluster {
             let waypoint = waypoints.contains(&p.name.as_str());
             writeln!(
                 y,
-                "- uid: Kubernetes//v1/Pod/default/{name}\n  name: {name}\n  namespace: default\n  serviceAccount: {name}\n  workloadIps: [\"{ip}\"]\n  protocol: {proto}\n  node: {node}\n  services: {{}}",
+                "- uid: Kubernetes//v1/Pod/default/{name}\n  name: {name}\n  namespace: default\n  trustDomain: cluster.local\n  serviceAccount: {name}\n  workloadIps: [\"{ip}\"]\n  protocol: {proto}\n  node: {node}\n  services: {{}}",
                 name = p.name,
                 ip = p.ip,
                 proto = if p.enrolled || waypoint {

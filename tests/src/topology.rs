@@ -115,7 +115,7 @@ impl Topology {
         ] {
             writeln!(
                 y,
-                "- uid: Kubernetes//v1/Pod/default/{name}\n  name: {name}\n  namespace: default\n  serviceAccount: {sa}\n  workloadIps: [\"{ip}\"]\n  protocol: HBONE\n  node: node-{name}\n  services: {services}",
+                "- uid: Kubernetes//v1/Pod/default/{name}\n  name: {name}\n  namespace: default\n  trustDomain: cluster.local\n  serviceAccount: {sa}\n  workloadIps: [\"{ip}\"]\n  protocol: HBONE\n  node: node-{name}\n  services: {services}",
                 name = p.name,
                 sa = p.service_account,
                 ip = p.ip

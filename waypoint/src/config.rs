@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 use waypoint_rules::ObjectRef;
-use ztunnel::config::{ConfigError, WorkloadInfo, parse_duration};
+use ztunnel::config::{ConfigError, WorkloadInfo, parse_secret_ttl};
 
 /// Flags of `waypoint run`.
 #[derive(Clone, Debug, clap::Args)]
@@ -119,12 +119,7 @@ impl TryFrom<RunArgs> for Config {
         if a.worker_threads == 0 {
             return Err(bad("WAYPOINT_WORKER_THREADS", "must be at least 1".into()));
         }
-        let secret_ttl = parse_duration(&a.secret_ttl).ok_or_else(|| {
-            bad(
-                "SECRET_TTL",
-                format!("`{}`: expected a duration such as 24h", a.secret_ttl),
-            )
-        })?;
+        let secret_ttl = parse_secret_ttl(&a.secret_ttl).map_err(|e| bad("SECRET_TTL", e))?;
         Ok(Config {
             gateway: ObjectRef::new(ns, &a.gateway),
             workload: WorkloadInfo {
@@ -143,5 +138,41 @@ impl TryFrom<RunArgs> for Config {
             listeners: Listeners::default(),
             reload_interval: Duration::from_millis(500),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &std::path::Path, secret_ttl: &str) -> RunArgs {
+        RunArgs {
+            config_dir: dir.to_owned(),
+            local_xds_path: dir.join("local.yaml"),
+            local_ca_dir: dir.to_owned(),
+            workload_info: "app/waypoint/waypoint".into(),
+            gateway: "waypoint".into(),
+            trust_domain: "cluster.local".into(),
+            cluster_id: "Kubernetes".into(),
+            network: String::new(),
+            worker_threads: 1,
+            secret_ttl: secret_ttl.into(),
+            log: "info".into(),
+        }
+    }
+
+    #[test]
+    fn secret_ttl_must_be_from_a_minute_to_a_year() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (ttl, want) in [("60s", 60), ("24h", 86_400), ("8760h", 31_536_000)] {
+            let c = Config::try_from(args(dir.path(), ttl)).expect(ttl);
+            assert_eq!(c.secret_ttl, Duration::from_secs(want), "{ttl}");
+        }
+        for ttl in ["59s", "0", "8761h", "100000000000000000h", "soon"] {
+            let e = Config::try_from(args(dir.path(), ttl))
+                .expect_err(ttl)
+                .to_string();
+            assert!(e.starts_with("SECRET_TTL") && e.contains(ttl), "{e}");
+        }
     }
 }

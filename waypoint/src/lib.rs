@@ -73,7 +73,7 @@ impl Running {
             .with_context(|| format!("certificate for {identity}"))?;
         // Built now so that a configuration that cannot be made stops start-up.
         let tls = Arc::new(ServerConfigs::default());
-        tls.get(&certs, &identity, &cfg.trust_domain)
+        tls.get(&certs, &identity)
             .map_err(anyhow::Error::msg)
             .context("TLS configuration")?;
         let dialer = Dialer {
@@ -155,6 +155,14 @@ impl Running {
         })
     }
 
+    /// See [`Serving::until_stopped`].
+    ///
+    /// # Errors
+    /// If one of the waypoint's tasks ended.
+    pub async fn until_stopped(&mut self) -> anyhow::Result<()> {
+        self.serving.until_stopped().await
+    }
+
     /// Stops accepting, lets open tunnels finish for up to `timeout`.
     pub async fn drain(self, timeout: Duration) {
         self.serving.drain(timeout).await;
@@ -172,8 +180,8 @@ async fn serve_hbone(
     ztunnel::proxy::accept_loop("hbone", listener, drain, move |stream, peer, drain| {
         let (wp, certs, tls) = (wp.clone(), certs.clone(), tls.clone());
         async move {
-            let td = &wp.cfg.trust_domain;
-            let tls = match tls.get(&certs, &wp.identity, td) {
+            let td = &wp.identity.trust_domain;
+            let tls = match tls.get(&certs, &wp.identity) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "no certificate to serve HBONE with");

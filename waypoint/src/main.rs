@@ -47,8 +47,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
-    let running = waypoint::Running::start(cfg).await?;
-    ztunnel::app::until_signalled().await?;
+    let mut running = waypoint::Running::start(cfg).await?;
+    let stopped = running.until_stopped().await;
+    if let Err(e) = &stopped {
+        tracing::error!(error = %format!("{e:#}"), "stopping");
+    }
     running.drain(DRAIN_TIMEOUT).await;
-    Ok(())
+    stopped
 }

@@ -7,7 +7,7 @@ use crate::Waypoint;
 use crate::pipeline::{self, Metered};
 use ::http::StatusCode;
 use bytes::{Bytes, BytesMut};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -220,11 +220,9 @@ async fn serve_http(wp: Arc<Waypoint>, tunnel: Arc<Tunnel>, io: Rewind) {
     });
     let io = TokioIo::new(io);
     let result = if h2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, svc)
-            .await
+        http2_server().serve_connection(io, svc).await
     } else {
-        hyper::server::conn::http1::Builder::new()
+        http1_server(HEADER_READ_TIMEOUT)
             .serve_connection(io, svc)
             .await
     };
@@ -233,9 +231,57 @@ async fn serve_http(wp: Arc<Waypoint>, tunnel: Arc<Tunnel>, io: Rewind) {
     }
 }
 
+/// How long a client has to send a request head (hyper's default). Hyper starts it whenever
+/// it waits for a head, so it is also how long an idle keep-alive connection is kept.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 keep-alive: a ping after this long without a frame from the client; a client that
+/// does not answer it within [`H2_PING_TIMEOUT`] is gone and its connection is closed.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(60);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The HTTP/1 server, with a timer: without one hyper enforces no header read timeout, and
+/// a client sending its head slowly would hold the connection for ever.
+fn http1_server(header_read_timeout: Duration) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    b
+}
+
+/// The HTTP/2 server, with a timer for its keep-alive pings. Hyper has no idle timeout for
+/// an HTTP/2 connection, only these pings, which close it once the client is gone.
+fn http2_server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_client_too_slow_to_send_its_head_is_disconnected() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .expect("write");
+        let svc = hyper::service::service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(::http::Response::new(String::new()))
+        });
+        let served =
+            http1_server(Duration::from_millis(50)).serve_connection(TokioIo::new(server), svc);
+        // Without a working timeout, the connection would wait for the rest of the head.
+        let result = tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("the header read timeout closes the connection");
+        let err = result.expect_err("the head never completed");
+        assert!(err.is_timeout(), "{err}");
+    }
 
     #[test]
     fn sniffing_tells_http1_http2_and_tcp_apart() {

@@ -32,6 +32,9 @@ fn not_found() -> Response<Full<Bytes>> {
     respond(StatusCode::NOT_FOUND, "text/plain", "not found\n")
 }
 
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves HTTP/1.1 on `listener` with `handler` until `drain` fires.
 pub async fn serve(
     name: &'static str,
@@ -45,7 +48,9 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
+                    // Out of descriptors, say: give them time to come back rather than spin.
                     tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -56,7 +61,11 @@ pub async fn serve(
                 let resp = handler(&req);
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
+            // A client that sends its request head too slowly is cut off (hyper does this
+            // only with a timer), so that slow clients cannot pile up connections.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {

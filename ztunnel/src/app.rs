@@ -46,6 +46,22 @@ impl Serving {
         self.drain.subscribe()
     }
 
+    /// Returns on SIGTERM or SIGINT, or with an error as soon as one of the tasks ends: they
+    /// all run until drained, so one that ends first has failed (a panic, say), and a
+    /// process serving with a piece missing should stop rather than stay ready.
+    ///
+    /// # Errors
+    /// If a task ended, or the signal handler cannot be installed.
+    pub async fn until_stopped(&mut self) -> anyhow::Result<()> {
+        tokio::select! {
+            r = until_signalled() => Ok(r?),
+            Some(ended) = self.tasks.join_next() => Err(match ended {
+                Err(e) if e.is_panic() => anyhow::anyhow!("a serving task panicked: {e}"),
+                _ => anyhow::anyhow!("a serving task ended unexpectedly"),
+            }),
+        }
+    }
+
     /// Stops accepting and reports not ready, lets open connections finish for up to
     /// `timeout`, then stops what is left.
     pub async fn drain(mut self, timeout: Duration) {
@@ -67,7 +83,7 @@ impl Serving {
 ///
 /// # Errors
 /// If the SIGTERM handler cannot be installed.
-pub async fn until_signalled() -> std::io::Result<()> {
+async fn until_signalled() -> std::io::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
@@ -195,6 +211,14 @@ impl Agent {
             "ztunnel ready"
         );
         Ok(Agent { inputs, serving })
+    }
+
+    /// See [`Serving::until_stopped`].
+    ///
+    /// # Errors
+    /// If one of the agent's tasks ended.
+    pub async fn until_stopped(&mut self) -> anyhow::Result<()> {
+        self.serving.until_stopped().await
     }
 
     /// Stops accepting, lets open connections finish for up to `timeout`, then returns.

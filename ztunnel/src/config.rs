@@ -38,10 +38,11 @@ pub struct Args {
     /// `SO_MARK` on the agent's sockets (default 1337 = 0x539).
     #[arg(long, env = "PACKET_MARK", default_value_t = mesh_common::DEFAULT_PACKET_MARK)]
     pub packet_mark: u32,
-    /// Data-plane worker threads, each with its own HBONE pool (default 2, but at most half
-    /// the CPUs); configuration, admin and accepting run on one more, the control thread.
-    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = crate::workers::default_count())]
-    pub worker_threads: usize,
+    /// Data-plane worker threads, each with its own HBONE pool: a count, or as Istio also
+    /// takes it a share of the CPUs such as `50%` (default 2, but at most half the CPUs);
+    /// configuration, admin and accepting run on one more, the control thread.
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS")]
+    pub worker_threads: Option<String>,
     /// SOCKS5 listener on 127.0.0.1:15080 (default off).
     #[arg(long, env = "UNSTABLE_ENABLE_SOCKS5", value_parser = BoolishValueParser::new(), default_value = "false")]
     pub enable_socks5: bool,
@@ -179,8 +180,32 @@ fn err(setting: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Workload certificates live at most a year.
-const MAX_SECRET_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Workload certificates live from a minute to a year.
+const SECRET_TTLS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(60)..=Duration::from_secs(365 * 24 * 3600);
+
+/// `SECRET_TTL`, for the agent and the waypoint alike; the error says what is expected.
+///
+/// # Errors
+/// If `v` is not a duration from 60s to 8760h.
+pub fn parse_secret_ttl(v: &str) -> Result<Duration, String> {
+    parse_duration(v)
+        .filter(|d| SECRET_TTLS.contains(d))
+        .ok_or_else(|| format!("`{v}`: expected a duration from 60s to 8760h (a year), like 24h"))
+}
+
+/// `n` threads, or `p%` of the CPUs this process may use (rounded up, at least one).
+fn worker_count(v: &str) -> Option<usize> {
+    let n = match v.trim().strip_suffix('%') {
+        Some(p) => {
+            let p: usize = p.trim().parse().ok().filter(|p| (1..=100).contains(p))?;
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cpus * p).div_ceil(100)
+        }
+        None => v.trim().parse().ok()?,
+    };
+    (n >= 1).then_some(n)
+}
 
 /// Parses `24h`, `30m`, `90s`, `500ms` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -268,26 +293,24 @@ impl TryFrom<Args> for Config {
                 "required: a folder with ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem",
             )
         })?;
-        let secret_ttl = parse_duration(&a.secret_ttl)
-            .filter(|d| (Duration::from_secs(60)..=MAX_SECRET_TTL).contains(d))
-            .ok_or_else(|| {
-                err(
-                    "SECRET_TTL",
-                    format!(
-                        "`{}`: expected a duration from 60s to 8760h (a year), like 24h",
-                        a.secret_ttl
-                    ),
-                )
-            })?;
+        let secret_ttl = parse_secret_ttl(&a.secret_ttl).map_err(|e| err("SECRET_TTL", e))?;
         let drain_timeout = parse_duration(&a.drain_timeout).ok_or_else(|| {
             err(
                 "DRAIN_TIMEOUT",
                 format!("`{}`: expected a duration like 5s", a.drain_timeout),
             )
         })?;
-        if a.worker_threads == 0 {
-            return Err(err("ZTUNNEL_WORKER_THREADS", "expected at least 1"));
-        }
+        let worker_threads = match &a.worker_threads {
+            None => crate::workers::default_count(),
+            Some(v) => worker_count(v).ok_or_else(|| {
+                err(
+                    "ZTUNNEL_WORKER_THREADS",
+                    format!(
+                        "`{v}`: expected a count of at least 1 or a share of the CPUs like 50%"
+                    ),
+                )
+            })?,
+        };
         if a.trust_domain.is_empty() || a.trust_domain.contains('/') {
             return Err(err(
                 "TRUST_DOMAIN",
@@ -303,7 +326,7 @@ impl TryFrom<Args> for Config {
             cluster_id: a.cluster_id,
             network: a.network,
             packet_mark: (a.packet_mark != 0).then_some(a.packet_mark),
-            worker_threads: a.worker_threads,
+            worker_threads,
             enable_orig_src: a.enable_orig_src,
             local_ca_dir,
             secret_ttl,
@@ -355,6 +378,27 @@ mod tests {
         assert_eq!(c.workload_info.unwrap().service_account, "sa");
         assert_eq!(c.secret_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.packet_mark, Some(1337));
+    }
+
+    #[test]
+    fn worker_threads_are_a_count_or_a_share_of_the_cpus() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (v, want) in [("3", 3), ("100%", cpus), ("1%", 1)] {
+            let mut flags = OK.to_vec();
+            let flag = format!("--worker-threads={v}");
+            flags.push(&flag);
+            assert_eq!(config(&flags).unwrap().worker_threads, want, "{v}");
+        }
+        for bad in ["0", "0%", "150%", "two"] {
+            let mut flags = OK.to_vec();
+            let flag = format!("--worker-threads={bad}");
+            flags.push(&flag);
+            let e = config(&flags).unwrap_err().to_string();
+            assert!(
+                e.starts_with("ZTUNNEL_WORKER_THREADS") && e.contains(bad),
+                "{e}"
+            );
+        }
     }
 
     #[test]

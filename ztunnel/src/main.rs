@@ -64,8 +64,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let drain_timeout = cfg.drain_timeout;
-    let agent = ztunnel::app::Agent::start(cfg).await?;
-    ztunnel::app::until_signalled().await?;
+    let mut agent = ztunnel::app::Agent::start(cfg).await?;
+    let stopped = agent.until_stopped().await;
+    if let Err(e) = &stopped {
+        tracing::error!(error = %format!("{e:#}"), "stopping");
+    }
     agent.drain(drain_timeout).await;
-    Ok(())
+    stopped
 }

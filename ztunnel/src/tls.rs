@@ -109,7 +109,8 @@ pub struct ServerConfigs(std::sync::Mutex<std::collections::HashMap<Identity, Bu
 type BuiltFrom = (Arc<WorkloadCert>, Arc<ServerConfig>);
 
 impl ServerConfigs {
-    /// The configuration presenting `id`'s current certificate.
+    /// The configuration presenting `id`'s current certificate. Clients must be in `id`'s
+    /// trust domain, as Istio's ztunnel takes it from its own certificate.
     ///
     /// # Errors
     /// If `id` has no certificate or the configuration cannot be built.
@@ -117,7 +118,6 @@ impl ServerConfigs {
         &self,
         certs: &crate::identity::CertManager,
         id: &Identity,
-        trust_domain: &str,
     ) -> Result<Arc<ServerConfig>, String> {
         let cert = certs.get(id).map_err(|e| e.to_string())?;
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -126,8 +126,9 @@ impl ServerConfigs {
         {
             return Ok(cfg.clone());
         }
-        let cfg =
-            Arc::new(server_config(&cert, certs.roots(), trust_domain).map_err(|e| e.to_string())?);
+        let cfg = Arc::new(
+            server_config(&cert, certs.roots(), &id.trust_domain).map_err(|e| e.to_string())?,
+        );
         map.insert(id.clone(), (cert, cfg.clone()));
         Ok(cfg)
     }

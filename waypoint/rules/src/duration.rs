@@ -4,9 +4,26 @@
 //!   integers of at most 5 digits: `1s`, `500ms`, `1h2m`. `0s` means "no timeout".
 //! - Istio (protobuf `Duration` as Istio reads it): parts may have a fraction and the units
 //!   also include `us` and `ns`: `0.5s`, `250ms`, `1m`, `1h30m`.
+//!
+//! Either way a duration may be at most [`MAX_DURATION`], a year: longer is surely a mistake
+//! (`0s` disables a timeout), and the proxy adds durations to the clock, which a value near
+//! `u64::MAX` seconds would overflow. GEP-2257's syntax alone would allow 45 years.
 
 use serde::{Deserialize, Deserializer, de};
 use std::time::Duration;
+
+/// The longest duration a rule may hold: a year (8760h).
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `total` if it is at most [`MAX_DURATION`].
+fn bounded(text: &str, total: Duration) -> Result<Duration, String> {
+    if total > MAX_DURATION {
+        return Err(format!(
+            "invalid duration `{text}`: longer than the maximum of 8760h (a year)"
+        ));
+    }
+    Ok(total)
+}
 
 /// A Gateway API duration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +74,7 @@ pub(crate) fn parse_gateway(text: &str) -> Result<Duration, String> {
         };
         total += part;
     }
-    Ok(total)
+    bounded(text, total)
 }
 
 /// Parses an Istio duration.
@@ -94,7 +111,7 @@ pub(crate) fn parse_istio(text: &str) -> Result<Duration, String> {
         let part = Duration::try_from_secs_f64(n * seconds_per_unit).map_err(|_| expected())?;
         total = total.checked_add(part).ok_or_else(expected)?;
     }
-    Ok(total)
+    bounded(text, total)
 }
 
 /// Splits `1h2.5m` into `[("1", "h"), ("2.5", "m")]`; `None` if a part has no unit.
@@ -174,6 +191,26 @@ mod tests {
         assert_eq!(parse_istio("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_istio("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_istio("100us"), Ok(Duration::from_micros(100)));
+    }
+
+    #[test]
+    fn durations_longer_than_a_year_are_refused() {
+        assert_eq!(parse_istio("8760h"), Ok(MAX_DURATION));
+        assert_eq!(parse_gateway("8760h"), Ok(MAX_DURATION));
+        for bad in ["8760h0.5s", "8761h", "9300000000000000000s"] {
+            let err = parse_istio(bad).expect_err(bad);
+            assert!(
+                err.contains(&format!("`{bad}`")) && err.contains("8760h"),
+                "{err}"
+            );
+        }
+        for bad in ["8761h", "99999h", "8760h1s"] {
+            let err = parse_gateway(bad).expect_err(bad);
+            assert!(
+                err.contains(&format!("`{bad}`")) && err.contains("8760h"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -78,6 +78,35 @@ pub(crate) fn header_value(value: &str, field: &str) -> FieldResult<HeaderValue>
         .map_err(|_| FieldError::new(field, format!("`{value}` is not a valid HTTP header value")))
 }
 
+/// A host (with an optional port) that a rewrite or redirect sends in `Host` or
+/// `Location`: checked here, so that a bad one is a load error, not a request that silently
+/// keeps its old host.
+pub(crate) fn authority(value: &Option<String>, field: &str) -> FieldResult<Option<String>> {
+    let Some(v) = value else { return Ok(None) };
+    let ok = !v.is_empty()
+        && !v.contains('@')
+        && v.parse::<http::uri::Authority>().is_ok()
+        && HeaderValue::from_str(v).is_ok();
+    if !ok {
+        return Err(FieldError::new(
+            field,
+            format!("`{v}` is not a valid host (and optional port)"),
+        ));
+    }
+    Ok(Some(v.clone()))
+}
+
+/// A path that a rewrite or redirect sets: only characters a request target may hold.
+pub(crate) fn uri_path(value: &str, field: &str) -> FieldResult<String> {
+    if value.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(FieldError::new(
+            field,
+            format!("`{value}` is not a valid URL path"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
 /// Compiles a pattern that must match the whole value (Envoy's RE2 `safe_regex` semantics).
 pub(crate) fn full_regex(pattern: &str, field: &str) -> FieldResult<regex::Regex> {
     regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {

@@ -283,10 +283,11 @@ pub async fn forward(
         .retry
         .clone()
         .unwrap_or_else(RetryPolicy::istio_default);
+    // Checked: a timeout past what an `Instant` can hold is no deadline, not a panic.
     let deadline = rule
         .timeout
         .filter(|t| !t.is_zero())
-        .map(|t| tokio::time::Instant::now() + t);
+        .and_then(|t| tokio::time::Instant::now().checked_add(t));
     let mut tried = Vec::new();
     let mut n = 0u32;
     loop {

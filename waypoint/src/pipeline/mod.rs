@@ -1,10 +1,12 @@
-//! One HTTP request through the waypoint, in Istio's order: L7 authorization, route match,
-//! redirect, fault injection, filters, mirrors, then attempts to the chosen backend's
-//! endpoints under the route's timeout and retry policy.
+//! One HTTP request through the waypoint, in Istio's order: path normalization (see
+//! [`normalize`]) and the host, L7 authorization, route match, redirect, fault injection,
+//! filters, mirrors, then attempts to the chosen backend's endpoints under the route's
+//! timeout and retry policy.
 
 mod body;
 mod filters;
 mod forward;
+pub mod normalize;
 pub mod retry;
 
 pub use body::{Body, Metered, boxed, full};
@@ -12,11 +14,13 @@ pub use body::{Body, Metered, boxed, full};
 use crate::Waypoint;
 use crate::metrics::{RequestInfo, RequestRecord};
 use crate::server::Tunnel;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::request::Parts;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
-use waypoint_rules::{Action, RequestView, RouteRule, WeightedBackend};
+use waypoint_rules::{Action, RequestView, RouteRule, Rules, WeightedBackend};
 
 /// Request bodies up to this size are kept so that the request can be retried or mirrored
 /// (Envoy's default buffer limit is 1 MiB too); larger or unsized (chunked) bodies stream
@@ -30,18 +34,8 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Metered> {
     let (mut parts, incoming) = req.into_parts();
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    let checked = canonicalize(&mut parts);
+    let host = checked.as_ref().cloned().unwrap_or_default();
     let info = RequestInfo {
         src_addr: Some(tunnel.client_addr),
         src_identity: Some(tunnel.peer_identity.clone()),
@@ -57,31 +51,20 @@ pub async fn handle(
         ..Default::default()
     };
     let mut record = RequestRecord::new(wp.metrics.clone(), info);
-    let rules = wp.rules.snapshot();
-    let view = RequestView {
-        method: &parts.method,
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        headers: &parts.headers,
-        host: &host,
-        port: tunnel.port,
-    };
-
-    if let Err(denied) = rules.authorize(&tunnel.target, &tunnel.peer(), &view) {
-        record.info.detail = Some(denied.to_string());
-        return local(record, StatusCode::FORBIDDEN, "RBAC: access denied", None);
+    if let Err(bad) = checked {
+        record.info.detail = Some(bad.to_string());
+        return local(record, StatusCode::BAD_REQUEST, "", None);
     }
-
-    let has_routes = rules.routes.contains_key(&tunnel.target) || !rules.gateway_routes.is_empty();
-    let rule: Arc<RouteRule> = match rules.route(&tunnel.target, &view) {
-        Some(entry) => entry.rule.clone(),
-        None if has_routes => {
-            record.info.flag("NR");
-            record.info.detail = Some("no route matched".into());
-            return local(record, StatusCode::NOT_FOUND, "", None);
+    let rules = wp.rules.snapshot();
+    let rule = match admit(&rules, &tunnel, &view(&parts, &host, tunnel.port)) {
+        Ok(rule) => rule,
+        Err(refusal) => {
+            if let Some(flag) = refusal.flag {
+                record.info.flag(flag);
+            }
+            record.info.detail = Some(refusal.detail);
+            return local(record, refusal.status, refusal.text, None);
         }
-        // No rules for this service: straight to the service the client asked for.
-        None => Arc::new(default_rule(&tunnel)),
     };
     record.info.route = rule.name.clone();
 
@@ -158,6 +141,112 @@ pub async fn handle(
     Response::from_parts(head, Metered::new(resp_body, record))
 }
 
+/// Why a request is answered 400 before any rule is looked at.
+#[derive(Debug, thiserror::Error)]
+enum BadRequest {
+    #[error(transparent)]
+    Path(#[from] normalize::InvalidPath),
+    #[error("normalized request target `{0}` is not a valid URI")]
+    Rebuilt(String),
+    #[error("the request target's authority `{0}` has userinfo")]
+    UserInfo(String),
+    #[error("more than one Host header")]
+    Hosts,
+    #[error("the Host header is not visible ASCII")]
+    HostValue,
+}
+
+/// Makes the request what authorization, routing and the backend all see, and returns its
+/// host: the path normalized (see [`normalize`]; CONNECT and `OPTIONS *` have no path), and,
+/// when the request target has an authority (absolute form, HTTP/2 `:authority`), that
+/// authority as the one `Host`, as RFC 9112 section 3.2.2 says: a different `Host` must not
+/// be what the backend gets while the authority is what was checked.
+fn canonicalize(parts: &mut Parts) -> Result<String, BadRequest> {
+    let has_path = !(parts.method == Method::CONNECT
+        || (parts.method == Method::OPTIONS && parts.uri.path() == "*"));
+    if has_path && let Cow::Owned(path) = normalize::path(parts.uri.path())? {
+        let target = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = Some(
+            target
+                .parse()
+                .map_err(|_| BadRequest::Rebuilt(target.clone()))?,
+        );
+        parts.uri = Uri::from_parts(uri).map_err(|_| BadRequest::Rebuilt(target))?;
+    }
+    if let Some(authority) = parts.uri.authority() {
+        let authority = authority.as_str();
+        // RFC 9110 section 4.2.4: userinfo in an http(s) URI is an error.
+        if authority.contains('@') {
+            return Err(BadRequest::UserInfo(authority.to_owned()));
+        }
+        let value = HeaderValue::from_str(authority).map_err(|_| BadRequest::HostValue)?;
+        // `insert` drops every `Host` the client sent.
+        parts.headers.insert(http::header::HOST, value);
+    }
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => Ok(String::new()),
+        (Some(h), None) => h
+            .to_str()
+            .map(str::to_owned)
+            .map_err(|_| BadRequest::HostValue),
+        (Some(_), Some(_)) => Err(BadRequest::Hosts),
+    }
+}
+
+/// What matching and authorization see of a canonicalized request.
+fn view<'a>(parts: &'a Parts, host: &'a str, port: u16) -> RequestView<'a> {
+    RequestView {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        host,
+        port,
+    }
+}
+
+/// A request the waypoint answers itself, before sending anything.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    text: &'static str,
+    flag: Option<&'static str>,
+    detail: String,
+}
+
+/// L7 authorization, then the route, in Istio's order.
+fn admit(
+    rules: &Rules,
+    tunnel: &Tunnel,
+    view: &RequestView<'_>,
+) -> Result<Arc<RouteRule>, Refusal> {
+    if let Err(denied) = rules.authorize(&tunnel.target, &tunnel.peer(), view) {
+        return Err(Refusal {
+            status: StatusCode::FORBIDDEN,
+            text: "RBAC: access denied",
+            flag: None,
+            detail: denied.to_string(),
+        });
+    }
+    let has_routes = rules.routes.contains_key(&tunnel.target) || !rules.gateway_routes.is_empty();
+    match rules.route(&tunnel.target, view) {
+        Some(entry) => Ok(entry.rule.clone()),
+        None if has_routes => Err(Refusal {
+            status: StatusCode::NOT_FOUND,
+            text: "",
+            flag: Some("NR"),
+            detail: "no route matched".into(),
+        }),
+        // No rules for this service: straight to the service the client asked for.
+        None => Ok(Arc::new(default_rule(tunnel))),
+    }
+}
+
 /// Istio's `percentage`: true `percent` out of 100 times.
 fn chance(percent: f64) -> bool {
     percent >= 100.0 || fastrand::f64() * 100.0 < percent
@@ -201,8 +290,8 @@ fn default_rule(tunnel: &Tunnel) -> RouteRule {
     }
 }
 
-/// Drops hop-by-hop headers, keeps `Host`, and adds what Envoy adds (`x-request-id`,
-/// `x-forwarded-proto`).
+/// Drops hop-by-hop headers, keeps `Host` (see [`canonicalize`]), and adds what Envoy adds
+/// (`x-request-id`, `x-forwarded-proto`).
 fn prepare_headers(h: &mut http::HeaderMap, host: &str) {
     for name in [
         "connection",
@@ -258,4 +347,178 @@ pub fn local(
 /// How long is left of `deadline`, if any.
 fn remaining(deadline: Option<tokio::time::Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::HOST;
+    use waypoint_rules::ObjectRef;
+    use ztunnel::identity::Identity;
+
+    fn tunnel() -> Tunnel {
+        let addr = std::net::SocketAddr::from(([10, 0, 0, 9], 9080));
+        Tunnel {
+            target: ObjectRef::new("app", "reviews"),
+            service: None,
+            authority: addr,
+            port: 9080,
+            peer_identity: Identity::new("cluster.local", "web", "frontend"),
+            principal: "cluster.local/ns/web/sa/frontend".into(),
+            client_addr: std::net::SocketAddr::from(([10, 0, 0, 5], 40000)),
+            client_workload: None,
+            h2: false,
+        }
+    }
+
+    fn rules(yaml: &str) -> Rules {
+        let waypoint = ObjectRef::new("app", "waypoint");
+        waypoint_rules::load_str(std::path::Path::new("rules.yaml"), yaml, &waypoint)
+            .expect("rules load")
+    }
+
+    fn parts(method: Method, target: &str) -> Parts {
+        Request::builder()
+            .method(method)
+            .uri(target)
+            .header(HOST, "reviews")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0
+    }
+
+    /// The status the waypoint answers with before forwarding, or `None`: forwarded, with
+    /// the request as the backend would get it.
+    fn decide(rules: &Rules, parts: &mut Parts) -> Option<StatusCode> {
+        let tunnel = tunnel();
+        let host = match canonicalize(parts) {
+            Ok(host) => host,
+            Err(_) => return Some(StatusCode::BAD_REQUEST),
+        };
+        admit(rules, &tunnel, &view(parts, &host, tunnel.port))
+            .err()
+            .map(|r| r.status)
+    }
+
+    const DENY_ADMIN: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: app}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin*"]}}]
+"#;
+
+    #[test]
+    fn a_deny_on_a_path_holds_for_every_spelling_of_it() {
+        let rules = rules(DENY_ADMIN);
+        for target in [
+            "/admin",
+            "/./admin",
+            "/a/../admin",
+            "/%61dmin",
+            "/%2e/admin",
+            "/x/%2E%2E/admin/users",
+            "http://reviews/x/../admin",
+        ] {
+            let mut p = parts(Method::GET, target);
+            assert_eq!(
+                decide(&rules, &mut p),
+                Some(StatusCode::FORBIDDEN),
+                "{target}"
+            );
+        }
+        // BASE normalization keeps escaped slashes and does not merge slashes.
+        for target in ["/public", "/a%2F..%2Fadmin", "//admin"] {
+            let mut p = parts(Method::GET, target);
+            assert_eq!(decide(&rules, &mut p), None, "{target}");
+        }
+    }
+
+    #[test]
+    fn the_backend_gets_the_normalized_path_and_the_query_untouched() {
+        let rules = rules(DENY_ADMIN);
+        let mut p = parts(Method::GET, "/api/./v1/%7Euser/../items?next=%2e%2E&x=/./");
+        assert_eq!(decide(&rules, &mut p), None);
+        assert_eq!(p.uri, "/api/v1/items?next=%2e%2E&x=/./");
+        let mut p = parts(Method::GET, "http://reviews:9080/a/%2e%2e/b%2fc?q");
+        assert_eq!(decide(&rules, &mut p), None);
+        assert_eq!(p.uri, "http://reviews:9080/b%2Fc?q");
+    }
+
+    #[test]
+    fn routes_match_the_normalized_path() {
+        let rules = rules(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: app}
+spec:
+  parentRefs: [{kind: Service, group: "", name: reviews}]
+  rules:
+  - matches: [{path: {type: Exact, value: /v1/items}}]
+    backendRefs: [{name: reviews, port: 9080}]
+"#,
+        );
+        let mut p = parts(Method::GET, "/v1/old/../%69tems");
+        assert_eq!(decide(&rules, &mut p), None);
+        let mut p = parts(Method::GET, "/v1/other");
+        assert_eq!(decide(&rules, &mut p), Some(StatusCode::NOT_FOUND));
+    }
+
+    #[test]
+    fn a_target_that_is_not_a_path_is_a_bad_request() {
+        let rules = Rules::default();
+        let mut p = parts(Method::GET, "*");
+        assert_eq!(decide(&rules, &mut p), Some(StatusCode::BAD_REQUEST));
+        let mut p = parts(Method::GET, "reviews:9080");
+        assert_eq!(decide(&rules, &mut p), Some(StatusCode::BAD_REQUEST));
+        // The forms that have no path.
+        let mut p = parts(Method::OPTIONS, "*");
+        assert_eq!(decide(&rules, &mut p), None);
+        let mut p = parts(Method::CONNECT, "reviews:9080");
+        assert_eq!(decide(&rules, &mut p), None);
+    }
+
+    #[test]
+    fn the_request_targets_authority_is_the_host_checked_and_sent() {
+        let rules = rules(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-allowed, namespace: app}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  action: ALLOW
+  rules:
+  - to: [{operation: {hosts: ["allowed"]}}]
+"#,
+        );
+        let mut p = parts(Method::GET, "http://allowed/");
+        p.headers.insert(HOST, HeaderValue::from_static("denied"));
+        p.headers.append(HOST, HeaderValue::from_static("other"));
+        assert_eq!(decide(&rules, &mut p), None);
+        let hosts: Vec<_> = p.headers.get_all(HOST).iter().collect();
+        assert_eq!(
+            hosts,
+            ["allowed"],
+            "the backend gets the host that was checked"
+        );
+
+        let mut p = parts(Method::GET, "http://denied/");
+        p.headers.insert(HOST, HeaderValue::from_static("allowed"));
+        assert_eq!(decide(&rules, &mut p), Some(StatusCode::FORBIDDEN));
+
+        // Origin form: the `Host` header is the host; one only.
+        let mut p = parts(Method::GET, "/");
+        p.headers.insert(HOST, HeaderValue::from_static("allowed"));
+        assert_eq!(decide(&rules, &mut p), None);
+        p.headers.append(HOST, HeaderValue::from_static("denied"));
+        assert_eq!(decide(&rules, &mut p), Some(StatusCode::BAD_REQUEST));
+        let mut p = parts(Method::GET, "http://user@allowed/");
+        assert_eq!(decide(&rules, &mut p), Some(StatusCode::BAD_REQUEST));
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use waypoint_rules::{LoadBalancer, OutlierDetection};
 use ztunnel::state::{Service, State, Workload};
 
@@ -156,9 +156,9 @@ impl EndpointSet {
 
     /// Records an attempt's outcome for outlier detection: `failed` is a 5xx or no response.
     /// Ejects the endpoint after `consecutive_5xx` failures in a row, for
-    /// `base_ejection_time` times the number of its ejections, unless that would eject more
-    /// than `max_ejection_percent` of `candidates` (one ejection is always allowed, as in
-    /// Envoy).
+    /// `base_ejection_time` times the number of its ejections, capped (see
+    /// [`ejection_time`]), unless that would eject more than `max_ejection_percent` of
+    /// `candidates` (one ejection is always allowed, as in Envoy).
     pub fn report(
         &self,
         ep: &Endpoint,
@@ -181,19 +181,35 @@ impl EndpointSet {
             && o.ejected_until.is_none_or(|t| t <= now)
             && allowed
         {
-            o.times_ejected += 1;
             o.consecutive_5xx = 0;
-            let until = now + d.base_ejection_time * o.times_ejected;
-            o.ejected_until = Some(until);
-            tracing::info!(endpoint = %ep.addr, for_ = ?(until - now), "outlier detection: endpoint ejected");
+            let (times, ejection) = ejection_time(d.base_ejection_time, o.times_ejected);
+            o.times_ejected = times;
+            // Checked: an ejection no `Instant` can hold is skipped rather than a panic.
+            o.ejected_until = Some(now.checked_add(ejection).unwrap_or(now));
+            tracing::info!(endpoint = %ep.addr, for_ = ?ejection, "outlier detection: endpoint ejected");
         }
     }
+}
+
+/// Envoy's default `max_ejection_time`.
+const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
+/// The ejection count after one more ejection of an endpoint ejected `times` times already,
+/// and how long it lasts: `base` times that count, at most `max(base, 300s)` as in Envoy. The
+/// count stops growing once it reaches the cap, so neither it nor the product can overflow.
+fn ejection_time(base: Duration, times: u32) -> (u32, Duration) {
+    let cap = base.max(MAX_EJECTION_TIME);
+    let times = if base.saturating_mul(times) >= cap {
+        times
+    } else {
+        times.saturating_add(1)
+    };
+    (times, base.saturating_mul(times).min(cap))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn endpoints(set: &EndpointSet, n: u8) -> Vec<Endpoint> {
         let mut stats = set.stats.lock().unwrap();
@@ -288,5 +304,56 @@ mod tests {
         set.report(&eps[1], true, Some(&d), &eps);
         set.report(&eps[1], true, Some(&d), &eps);
         assert!(!eps[1].stats.ejected(Instant::now()));
+    }
+
+    #[test]
+    fn ejection_time_grows_with_each_ejection_up_to_envoys_cap() {
+        let s = Duration::from_secs;
+        assert_eq!(ejection_time(s(30), 0), (1, s(30)));
+        assert_eq!(ejection_time(s(30), 1), (2, s(60)));
+        assert_eq!(ejection_time(s(30), 9), (10, s(300)));
+        assert_eq!(
+            ejection_time(s(30), 10),
+            (10, s(300)),
+            "the count stops at the cap"
+        );
+        assert_eq!(ejection_time(s(7), 42), (43, s(300)), "capped at 300s");
+        assert_eq!(ejection_time(s(7), 43), (43, s(300)));
+        // A base above 300s is the cap itself.
+        assert_eq!(ejection_time(s(900), 0), (1, s(900)));
+        assert_eq!(ejection_time(s(900), 1), (1, s(900)));
+        assert_eq!(
+            ejection_time(Duration::MAX, u32::MAX),
+            (u32::MAX, Duration::MAX)
+        );
+        assert_eq!(
+            ejection_time(Duration::ZERO, u32::MAX),
+            (u32::MAX, Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn repeated_ejections_are_capped_and_huge_times_do_not_panic() {
+        let set = EndpointSet::default();
+        let eps = endpoints(&set, 1);
+        let eject_again = |base: Duration| {
+            let d = OutlierDetection {
+                consecutive_5xx: 1,
+                interval: Duration::from_secs(10),
+                base_ejection_time: base,
+                max_ejection_percent: 100,
+            };
+            eps[0].stats.outlier.lock().unwrap().ejected_until = None;
+            set.report(&eps[0], true, Some(&d), &eps);
+            eps[0].stats.outlier.lock().unwrap().ejected_until
+        };
+        for _ in 0..50 {
+            let until = eject_again(Duration::from_secs(100)).expect("ejected");
+            assert!(until <= Instant::now() + Duration::from_secs(300));
+        }
+        assert_eq!(eps[0].stats.outlier.lock().unwrap().times_ejected, 3);
+        // No `Instant` holds this ejection: it is skipped, not a panic.
+        let until = eject_again(Duration::MAX).expect("reported");
+        assert!(until <= Instant::now());
     }
 }

@@ -219,8 +219,20 @@ pub fn parse(path: &Path, text: &str, defaults: &Defaults) -> Result<State, Loca
     }
 
     let mut services = Vec::new();
-    for s in cfg.services {
+    let mut seen_vips = HashMap::new();
+    for (i, s) in cfg.services.into_iter().enumerate() {
         let key = format!("{}/{}", s.namespace, s.hostname);
+        // A second entry would silently replace the first: say so instead.
+        if services.iter().any(|x: &Service| x.key() == key) {
+            return Err(invalid(format!("services[{i}]: `{key}` appears twice")));
+        }
+        for vip in &s.vips {
+            if let Some(other) = seen_vips.insert(vip.clone(), key.clone()) {
+                return Err(invalid(format!(
+                    "services[{i}] ({key}): vip {vip} already belongs to {other}"
+                )));
+            }
+        }
         let mut eps = endpoints.remove(&key).unwrap_or_default();
         for (_, ep) in s.endpoints {
             if ep.status == HealthStatus::Healthy {
@@ -243,6 +255,14 @@ pub fn parse(path: &Path, text: &str, defaults: &Defaults) -> Result<State, Loca
     }
     for key in endpoints.keys() {
         tracing::warn!(file = %path.display(), service = %key, "a workload names a service that the file does not define");
+    }
+    for (i, p) in cfg.policies.iter().enumerate() {
+        if cfg.policies[..i].iter().any(|x| x.key() == p.key()) {
+            return Err(invalid(format!(
+                "policies[{i}]: `{}` appears twice",
+                p.key()
+            )));
+        }
     }
     Ok(State::new(workloads, services, cfg.policies))
 }
@@ -279,8 +299,14 @@ pub async fn watch(path: PathBuf, defaults: Defaults, state: Arc<StateHandle>, e
             continue;
         }
         last = now;
-        let text = String::from_utf8_lossy(last.as_deref().unwrap_or_default());
-        match parse(&path, &text, &defaults) {
+        let text = match std::str::from_utf8(last.as_deref().unwrap_or_default()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "local config is not UTF-8; keeping the previous state");
+                continue;
+            }
+        };
+        match parse(&path, text, &defaults) {
             Ok(s) => {
                 tracing::info!(file = %path.display(), "local config changed; state replaced");
                 state.replace(s);
@@ -418,5 +444,44 @@ services:
             err.contains("workloads[1]") && err.contains("10.0.0.1"),
             "{err}"
         );
+    }
+
+    /// A second service or policy of the same name (or a VIP used twice) would silently
+    /// replace the first, and a DENY could vanish: each is refused, naming the entry.
+    #[test]
+    fn a_service_vip_or_policy_given_twice_is_refused() {
+        let svc = |host: &str, vip: &str| {
+            format!(
+                "- {{name: s, namespace: n, hostname: {host}, vips: [\"/{vip}\"], ports: {{80: 8080}}}}\n"
+            )
+        };
+        let policy = "- {name: p, namespace: n, scope: Namespace, action: Deny, rules: []}\n";
+        for (text, want) in [
+            (
+                format!(
+                    "services:\n{}{}",
+                    svc("a", "10.96.0.1"),
+                    svc("a", "10.96.0.2")
+                ),
+                "services[1]: `n/a` appears twice",
+            ),
+            (
+                format!(
+                    "services:\n{}{}",
+                    svc("a", "10.96.0.1"),
+                    svc("b", "10.96.0.1")
+                ),
+                "services[1] (n/b): vip /10.96.0.1 already belongs to n/a",
+            ),
+            (
+                format!("policies:\n{policy}{policy}"),
+                "policies[1]: `n/p` appears twice",
+            ),
+        ] {
+            let err = parse(Path::new("f.yaml"), &text, &defaults())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("f.yaml") && err.contains(want), "{err}");
+        }
     }
 }

@@ -402,7 +402,16 @@ async fn send_connect(
         .await
         .map_err(h2err)?;
     let (response, send) = sender.send_request(request, false).map_err(h2err)?;
-    let response = response.await.map_err(h2err)?;
+    // A peer that takes the stream but never answers must not hold the client forever.
+    let response = tokio::time::timeout(OPEN_TIMEOUT, response)
+        .await
+        .map_err(|_| {
+            Retry::No(HboneError::Timeout {
+                addr,
+                after: OPEN_TIMEOUT,
+            })
+        })?
+        .map_err(h2err)?;
     if response.status() != StatusCode::OK {
         return Err(Retry::No(HboneError::Status {
             addr,

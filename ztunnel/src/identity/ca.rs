@@ -105,6 +105,75 @@ fn certs(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>>, CaError
     Ok(certs)
 }
 
+/// The CA's signing key from PEM: PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`, as in
+/// Istio's `samples/certs`) or SEC1 (`EC PRIVATE KEY`, as `openssl ecparam` writes). The
+/// signer takes PKCS#8 only, so the other two are wrapped into it.
+fn issuer_key(pem: &str) -> Result<KeyPair, String> {
+    let expected = "expected a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)";
+    let der =
+        PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("{expected}: {e}"))?;
+    let candidates = match &der {
+        PrivateKeyDer::Pkcs8(k) => vec![k.secret_pkcs8_der().to_vec()],
+        PrivateKeyDer::Pkcs1(k) => vec![pkcs8::wrap(pkcs8::RSA_ALGORITHM, k.secret_pkcs1_der())],
+        // SEC1 does not always name its curve: try the ones a CA key may be on.
+        PrivateKeyDer::Sec1(k) => [pkcs8::EC_P256_ALGORITHM, pkcs8::EC_P384_ALGORITHM]
+            .iter()
+            .map(|alg| pkcs8::wrap(alg, k.secret_sec1_der()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut last = format!("{expected}: unsupported key format");
+    for pkcs8 in candidates {
+        match KeyPair::try_from(&PrivatePkcs8KeyDer::from(pkcs8)) {
+            Ok(key) => return Ok(key),
+            Err(e) => last = format!("{expected}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Just enough DER to put a PKCS#1 or SEC1 key into a PKCS#8 `PrivateKeyInfo` (RFC 5208).
+mod pkcs8 {
+    /// `AlgorithmIdentifier` contents: rsaEncryption, NULL parameters.
+    pub const RSA_ALGORITHM: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    /// id-ecPublicKey on prime256v1.
+    pub const EC_P256_ALGORITHM: &[u8] = &[
+        0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce,
+        0x3d, 0x03, 0x01, 0x07,
+    ];
+    /// id-ecPublicKey on secp384r1.
+    pub const EC_P384_ALGORITHM: &[u8] = &[
+        0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00,
+        0x22,
+    ];
+
+    /// `PrivateKeyInfo { version 0, algorithm, privateKey OCTET STRING (key) }`.
+    pub fn wrap(algorithm: &[u8], key: &[u8]) -> Vec<u8> {
+        let mut body = vec![0x02, 0x01, 0x00];
+        tlv(&mut body, 0x30, algorithm);
+        tlv(&mut body, 0x04, key);
+        let mut out = Vec::with_capacity(body.len() + 6);
+        tlv(&mut out, 0x30, &body);
+        out
+    }
+
+    fn tlv(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
+        out.push(tag);
+        let len = value.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+        out.extend_from_slice(value);
+    }
+}
+
 impl LocalCa {
     /// Loads the CA from `dir`; every file must be present and well formed.
     pub fn load(dir: &Path) -> Result<Self, CaError> {
@@ -113,9 +182,9 @@ impl LocalCa {
         let (root_path, root_pem) = read(dir, ROOT_CERT)?;
         let (chain_path, chain_pem) = read(dir, CERT_CHAIN)?;
 
-        let issuer_key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::BadFile {
+        let issuer_key = issuer_key(&key_pem).map_err(|what| CaError::BadFile {
             path: key_path.clone(),
-            what: format!("expected a PEM private key (PKCS#8, EC or RSA): {e}"),
+            what,
         })?;
         let params =
             CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| CaError::BadFile {
@@ -258,6 +327,44 @@ mod tests {
         let ids = crate::tls::identities_of(&cert.chain[0]).unwrap();
         assert_eq!(ids, vec![id]);
         assert!(cert.refresh_at() > SystemTime::now());
+    }
+
+    /// Istio's sample CA keys are PKCS#1 RSA; `openssl ecparam` writes SEC1. A CA folder
+    /// with either signs workload certificates that chain to its root.
+    #[test]
+    fn a_ca_key_in_pkcs1_or_sec1_form_signs() {
+        for key_pem in [
+            include_str!("testdata/rsa-pkcs1-key.pem"),
+            include_str!("testdata/ec-sec1-key.pem"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let key = issuer_key(key_pem).unwrap();
+            let mut params = CertificateParams::default();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+            let root = params.self_signed(&key).unwrap().pem();
+            for name in [CA_CERT, ROOT_CERT, CERT_CHAIN] {
+                std::fs::write(dir.path().join(name), &root).unwrap();
+            }
+            std::fs::write(dir.path().join(CA_KEY), key_pem).unwrap();
+            let ca = LocalCa::load(dir.path()).unwrap();
+            let id = Identity::new("cluster.local", "ns1", "sa1");
+            let cert = ca.sign(&id, Duration::from_secs(3600)).unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.roots()[0].clone()).unwrap();
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                crate::tls::provider(),
+            )
+            .build()
+            .unwrap()
+            .verify_client_cert(
+                &cert.chain[0],
+                &cert.chain[1..],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .unwrap();
+        }
     }
 
     #[test]

@@ -55,9 +55,9 @@ impl FromStr for Identity {
         let rest = s.strip_prefix("spiffe://").ok_or_else(err)?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
-            [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => {
-                Ok(Identity::new(td, ns, sa))
-            }
+            // Parts may be empty: Istio's ztunnel gives a workload of a local file without
+            // `trustDomain` or `serviceAccount` the identity `spiffe:///ns/<ns>/sa/`.
+            [td, "ns", ns, "sa", sa] => Ok(Identity::new(td, ns, sa)),
             _ => Err(err()),
         }
     }
@@ -75,11 +75,17 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_identity_istio_gives_a_local_workload_without_trust_domain() {
+        let id: Identity = "spiffe:///ns/default/sa/".parse().unwrap();
+        assert_eq!(id, Identity::new("", "default", ""));
+        assert_eq!(id.to_string(), "spiffe:///ns/default/sa/");
+    }
+
+    #[test]
     fn rejects_other_forms() {
         for bad in [
             "spiffe://cluster.local/ns/default",
             "http://cluster.local/ns/a/sa/b",
-            "spiffe://cluster.local/ns//sa/b",
             "spiffe://cluster.local/ns/a/sa/b/extra",
         ] {
             assert!(bad.parse::<Identity>().is_err(), "{bad}");

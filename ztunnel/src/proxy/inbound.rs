@@ -24,7 +24,7 @@ pub async fn serve(
         let inputs = inputs.clone();
         let configs = configs.clone();
         async move {
-            let tls = match server_tls(&inputs, &configs, &stream) {
+            let (tls, td) = match server_tls(&inputs, &configs, &stream) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "no certificate to serve HBONE with");
@@ -35,7 +35,6 @@ pub async fn serve(
                 let inputs = inputs.clone();
                 move |incoming| handle(inputs.clone(), incoming)
             };
-            let td = inputs.cfg.trust_domain.clone();
             if let Err(e) = server::serve(stream, tls, &td, drain, handler).await {
                 tracing::warn!(%peer, error = %e, "HBONE connection failed");
             }
@@ -45,12 +44,12 @@ pub async fn serve(
 }
 
 /// The certificate presented is that of the local workload whose address the client reached
-/// (dedicated mode: the one workload).
+/// (dedicated mode: the one workload), with its trust domain, the one clients must be in.
 fn server_tls(
     inputs: &ProxyInputs,
     configs: &crate::tls::ServerConfigs,
     stream: &tokio::net::TcpStream,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+) -> Result<(Arc<rustls::ServerConfig>, String), String> {
     let local = stream.local_addr().map_err(|e| e.to_string())?;
     let state = inputs.state.snapshot();
     let id = match state.workload_by_ip(&inputs.cfg.network, local.ip()) {
@@ -60,7 +59,7 @@ fn server_tls(
             .map(|(_, id)| id)
             .ok_or_else(|| format!("{local} is not a local workload"))?,
     };
-    configs.get(&inputs.certs, &id, &inputs.cfg.trust_domain)
+    Ok((configs.get(&inputs.certs, &id)?, id.trust_domain))
 }
 
 fn reject(incoming: IncomingStream, status: StatusCode, why: &str) {

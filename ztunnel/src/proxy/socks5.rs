@@ -43,12 +43,17 @@ enum Socks5Error {
     AddressType(u8),
     #[error("cannot resolve `{0}`")]
     Resolve(String),
+    #[error("no complete handshake within {0:?}")]
+    Timeout(std::time::Duration),
 }
+
+/// How long a client has for the whole handshake, name lookup included.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Socks5Error {
     fn reply(&self) -> u8 {
         match self {
-            Socks5Error::Io(_) => REPLY_GENERAL_FAILURE,
+            Socks5Error::Io(_) | Socks5Error::Timeout(_) => REPLY_GENERAL_FAILURE,
             Socks5Error::Version(_) | Socks5Error::NoAuth | Socks5Error::Command(_) => {
                 REPLY_UNSUPPORTED
             }
@@ -59,7 +64,11 @@ impl Socks5Error {
 }
 
 async fn handle(inputs: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
-    match handshake(&inputs, &mut client).await {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&inputs, &mut client));
+    match handshake
+        .await
+        .unwrap_or(Err(Socks5Error::Timeout(HANDSHAKE_TIMEOUT)))
+    {
         Ok(dst) => {
             let ok = [VERSION, 0, 0, 1, 0, 0, 0, 0, 0, 0];
             if client.write_all(&ok).await.is_err() {

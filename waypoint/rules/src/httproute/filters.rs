@@ -2,7 +2,7 @@
 
 use super::service_ref;
 use crate::error::{FieldError, FieldResult};
-use crate::fields::{header_name, header_value, redirect_status};
+use crate::fields::{authority, header_name, header_value, redirect_status, uri_path};
 use crate::load::Context;
 use crate::model::{HeaderOps, Mirror, PathRewrite, Redirect, Rewrite};
 use serde::Deserialize;
@@ -173,7 +173,7 @@ pub(super) fn translate(
                         Scheme::Http => "http".to_owned(),
                         Scheme::Https => "https".to_owned(),
                     }),
-                    hostname: r.hostname.clone(),
+                    hostname: authority(&r.hostname, &format!("{r_at}.hostname"))?,
                     path,
                     port: r.port,
                     status,
@@ -183,7 +183,7 @@ pub(super) fn translate(
                 let r = required(&filter.url_rewrite, &at, "urlRewrite")?;
                 let r_at = format!("{at}.urlRewrite");
                 set.rewrite = Some(Rewrite {
-                    hostname: r.hostname.clone(),
+                    hostname: authority(&r.hostname, &format!("{r_at}.hostname"))?,
                     path: path_modifier(r.path.as_ref(), &r_at, &mut set.prefix_rewrite_at)?,
                 });
             }
@@ -310,6 +310,7 @@ fn path_modifier(
             format!("`{value}` must start with `/`"),
         ));
     }
+    uri_path(value, &format!("{at}.{field}"))?;
     Ok(Some(match p.kind {
         PathModifierType::ReplaceFullPath => PathRewrite::Full(value.clone()),
         PathModifierType::ReplacePrefixMatch => {

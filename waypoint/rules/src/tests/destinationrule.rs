@@ -121,6 +121,11 @@ fn refusals_name_their_field() {
             "spec.trafficPolicy.outlierDetection.interval",
             "invalid duration `10`",
         ),
+        (
+            "  trafficPolicy: {outlierDetection: {baseEjectionTime: 9300000000000000000s}}\n",
+            "spec.trafficPolicy.outlierDetection.baseEjectionTime",
+            "longer than the maximum of 8760h",
+        ),
     ];
     for (rest, field, message) in cases {
         let (got_field, got_message) =

@@ -420,6 +420,21 @@ fn invalid_values_name_their_field() {
             "invalid duration `1.5s`",
         ),
         (
+            "  - filters: [{type: URLRewrite, urlRewrite: {hostname: 'a b'}}]\n",
+            "spec.rules[0].filters[0].urlRewrite.hostname",
+            "`a b` is not a valid host",
+        ),
+        (
+            "  - filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: '/a b'}}}]\n",
+            "spec.rules[0].filters[0].requestRedirect.path.replaceFullPath",
+            "`/a b` is not a valid URL path",
+        ),
+        (
+            "  - timeouts: {backendRequest: 99999h}\n",
+            "spec.rules[0].timeouts.backendRequest",
+            "invalid duration `99999h`: longer than the maximum of 8760h",
+        ),
+        (
             "  - matches: [{path: {type: Suffix}}]\n",
             "spec.rules[0].matches[0].path.type",
             "unknown variant `Suffix`",

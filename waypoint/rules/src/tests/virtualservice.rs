@@ -263,6 +263,36 @@ fn errors_name_their_field() {
             "invalid duration `soon`",
         ),
         (
+            "  - route: [{destination: {host: a}}]\n    timeout: 9300000000000000000s\n",
+            "spec.http[0].timeout",
+            "invalid duration `9300000000000000000s`: longer than the maximum of 8760h",
+        ),
+        (
+            "  - route: [{destination: {host: a}}]\n    fault: {delay: {fixedDelay: 9000h, percentage: {value: 1}}}\n",
+            "spec.http[0].fault.delay.fixedDelay",
+            "longer than the maximum",
+        ),
+        (
+            "  - route: [{destination: {host: a}}]\n    rewrite: {authority: 'bad host'}\n",
+            "spec.http[0].rewrite.authority",
+            "`bad host` is not a valid host",
+        ),
+        (
+            "  - route: [{destination: {host: a}}]\n    rewrite: {uri: '/a b'}\n",
+            "spec.http[0].rewrite.uri",
+            "`/a b` is not a valid URL path",
+        ),
+        (
+            "  - redirect: {uri: \"/x\\ty\", authority: 'ok:80'}\n",
+            "spec.http[0].redirect.uri",
+            "is not a valid URL path",
+        ),
+        (
+            "  - redirect: {authority: 'user@host'}\n",
+            "spec.http[0].redirect.authority",
+            "not a valid host",
+        ),
+        (
             "  - match: [{uri: {regex: '[a-'}}]\n    route: [{destination: {host: a}}]\n",
             "spec.http[0].match[0].uri.regex",
             "invalid regular expression",

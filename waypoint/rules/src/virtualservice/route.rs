@@ -4,8 +4,8 @@ use super::resilience::{FaultInjection, HttpRetry, fault, retry};
 use crate::duration::IstioDuration;
 use crate::error::{FieldError, FieldResult};
 use crate::fields::{
-    full_regex, header_name, header_value, percent, redirect_status, service_host, some_weight,
-    status_code,
+    authority, full_regex, header_name, header_value, percent, redirect_status, service_host,
+    some_weight, status_code, uri_path,
 };
 use crate::load::Context;
 use crate::model::{
@@ -228,10 +228,18 @@ fn route_rule(http: &HttpRoute, at: &str, cx: &Context<'_>) -> FieldResult<Route
         }
         Action::Forward(backends)
     };
-    let rewrite = http.rewrite.as_ref().map(|r| Rewrite {
-        hostname: r.authority.clone(),
-        path: None, // Set per match by `specialize`.
-    });
+    let rewrite = match &http.rewrite {
+        Some(r) => {
+            if let Some(uri) = &r.uri {
+                uri_path(uri, &format!("{at}.rewrite.uri"))?;
+            }
+            Some(Rewrite {
+                hostname: authority(&r.authority, &format!("{at}.rewrite.authority"))?,
+                path: None, // Set per match by `specialize`.
+            })
+        }
+        None => None,
+    };
     let name = match &http.name {
         Some(name) => format!(
             "VirtualService {} {} ({name})",
@@ -356,10 +364,14 @@ fn redirect(r: &HttpRedirect, at: &str) -> FieldResult<Redirect> {
             format!("`{scheme}`: expected `http` or `https`"),
         ));
     }
+    let path = match &r.uri {
+        Some(uri) => Some(PathRewrite::Full(uri_path(uri, &format!("{at}.uri"))?)),
+        None => None,
+    };
     Ok(Redirect {
         scheme: r.scheme.clone(),
-        hostname: r.authority.clone(),
-        path: r.uri.clone().map(PathRewrite::Full),
+        hostname: authority(&r.authority, &format!("{at}.authority"))?,
+        path,
         port: r.port,
         status,
     })
