@@ -230,10 +230,19 @@ fn a_killed_agent_leaves_the_redirection_pinned_and_its_successor_takes_it_over(
     let c = Cluster::new(&bin_dir(), &[("client", 0, true), ("server", 1, false)]).unwrap();
     let (client, server) = (c.pod("client"), c.pod("server"));
     let _web = HttpServer::start(&server.ns, server.addr(8080)).unwrap();
+    let _client_web = HttpServer::start(&client.ns, client.addr(8080)).unwrap();
     let a1 = c.start_agent(0).unwrap();
     let url = format!("http://{}/", server.addr(8080));
+    let inbound_url = format!("http://{}/", client.addr(8080));
     let (code, _, err) = c.curl(client, &[&url]).unwrap();
     assert_eq!(code, 0, "{err}\n{}", a1.process.log());
+    let (code, _, err) = c.curl(server, &[&inbound_url]).unwrap();
+    assert_eq!(
+        code,
+        0,
+        "inbound through the agent: {err}\n{}",
+        a1.process.log()
+    );
     let before = cgroup_programs(&c.cgroup.path).unwrap();
     assert_each_kind(&before, 1);
     assert_eq!(sk_lookup_links(&client.ns).unwrap(), 1);
@@ -270,8 +279,14 @@ fn a_killed_agent_leaves_the_redirection_pinned_and_its_successor_takes_it_over(
         code, 7,
         "curl should fail to connect while the agent is down: {err}"
     );
-    // The pod's sk_lookup link ended with the agent: nothing steers to a dead listener.
-    assert_eq!(sk_lookup_links(&client.ns).unwrap(), 0);
+    // Inbound fails closed too: the pod's sk_lookup copy stays (pinned), and with the agent's
+    // listener gone it refuses connections rather than let them reach the pod uncaptured.
+    assert_eq!(sk_lookup_links(&client.ns).unwrap(), 1);
+    let (code, _, err) = c.curl(server, &[&inbound_url]).unwrap();
+    assert_eq!(
+        code, 7,
+        "inbound to an enrolled pod should be refused while the agent is down: {err}"
+    );
     // A namespace enrolled by the dead agent whose pod went away meanwhile.
     let enrolled = pins.join("maps").join("ENROLLED");
     let stale: u64 = 0x0dea_dbee_f000_0001;
@@ -299,6 +314,13 @@ fn a_killed_agent_leaves_the_redirection_pinned_and_its_successor_takes_it_over(
     let took = started.elapsed();
     assert_eq!(code, 0, "{err}\n{}", a1.process.log());
     assert!(took < Duration::from_secs(1), "took {took:?}");
+    let (code, _, err) = c.curl(server, &[&inbound_url]).unwrap();
+    assert_eq!(
+        code,
+        0,
+        "inbound after the restart: {err}\n{}",
+        a1.process.log()
+    );
 
     // The new agent took the pinned links over: still one program of each kind, now its own.
     let after = cgroup_programs(&c.cgroup.path).unwrap();
@@ -308,6 +330,7 @@ fn a_killed_agent_leaves_the_redirection_pinned_and_its_successor_takes_it_over(
         after.iter().all(|p| !old_ids.contains(&p.id)),
         "the old programs still run: before {before:#?}, after {after:#?}"
     );
+    // The old sk_lookup copy was replaced, not joined.
     assert_eq!(sk_lookup_links(&client.ns).unwrap(), 1);
     // The stale namespace is gone from ENROLLED; the client's stays.
     eventually(Duration::from_secs(2), "the stale cookie removed", || {
@@ -348,10 +371,17 @@ fn uninstall_removes_everything_the_agents_attached_and_pinned() {
             assert!(out.contains(&format!("detached {name} ")), "{name}:\n{out}");
         }
         assert!(out.contains("removed map ENROLLED"), "{out}");
+        assert!(
+            out.contains("detached mesh_sk_lookup from the network namespace"),
+            "{out}"
+        );
         assert!(out.contains("removed the pin folder"), "{out}");
         assert!(!c.pin_dir(i).exists());
     }
     assert_eq!(cgroup_programs(&c.cgroup.path).unwrap(), vec![]);
+    for pod in ["client", "server"] {
+        assert_eq!(sk_lookup_links(&c.pod(pod).ns).unwrap(), 0, "{pod}");
+    }
     // The programs themselves are gone from the kernel.
     for p in &programs {
         eventually(

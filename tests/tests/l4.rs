@@ -215,6 +215,37 @@ fn a_deny_policy_on_a_port_resets_the_client_and_logs_401() {
     );
 }
 
+/// A service port with no endpoint behind it is refused by the client's agent: the
+/// connection is reset, never passed through in plaintext to the VIP.
+#[test]
+fn a_service_port_without_endpoints_is_refused_not_passed_through() {
+    let t = Topology::new().unwrap();
+    t.write_config("").unwrap();
+    let _server_agent = t.start_agent(&t.server, &t.ca_dir).unwrap();
+    let client_agent = t.start_agent(&t.client, &t.ca_dir).unwrap();
+    // The service maps only port 80.
+    let vip = SocketAddr::from((mesh_tests::topology::SERVICE_VIP, 81));
+    let mut s = probe::socks5(&t.client.ns, SOCKS, vip).unwrap();
+    let _ = s.write_all(b"hello");
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(0) => panic!("closed, not reset"),
+        Ok(n) => panic!("answered with {n} bytes"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the refusal in the client agent's log",
+        || {
+            client_agent
+                .log()
+                .lines()
+                .find(|l| l.contains("no healthy endpoint") && l.contains(&vip.to_string()))
+                .map(|_| ())
+        },
+    );
+}
+
 #[test]
 fn a_bad_config_file_stops_start_up_with_file_and_line() {
     let t = Topology::new().unwrap();

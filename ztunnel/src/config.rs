@@ -311,6 +311,12 @@ impl TryFrom<Args> for Config {
                 )
             })?,
         };
+        if a.packet_mark == 0 && proxy_mode == ProxyMode::Shared {
+            return Err(err(
+                "PACKET_MARK",
+                "0 (no mark) in shared mode: the redirection tells the agent's own sockets by their mark, and would send them back to the agent",
+            ));
+        }
         if a.trust_domain.is_empty() || a.trust_domain.contains('/') {
             return Err(err(
                 "TRUST_DOMAIN",
@@ -421,6 +427,14 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("SECRET_TTL")
+        );
+
+        let mut flags = OK.to_vec();
+        flags.extend(["--proxy-mode=shared", "--node-name=n1", "--packet-mark=0"]);
+        let e = config(&flags).unwrap_err().to_string();
+        assert!(
+            e.starts_with("PACKET_MARK") && e.contains("shared mode"),
+            "{e}"
         );
 
         let mut flags = OK.to_vec();

@@ -1,6 +1,10 @@
 //! `mesh_sk_lookup`: inbound capture, one attachment (and one object copy) per namespace.
 
-use aya_ebpf::{bindings::sk_action::SK_PASS, macros::sk_lookup, programs::SkLookupContext};
+use aya_ebpf::{
+    bindings::sk_action::{SK_DROP, SK_PASS},
+    macros::sk_lookup,
+    programs::SkLookupContext,
+};
 use mesh_common::{HBONE_PORT, INBOUND_LISTENER_SLOT_V4, INBOUND_LISTENER_SLOT_V6};
 
 use crate::{
@@ -14,11 +18,12 @@ use crate::{
 /// `ifindex` of `lo`: the first device of every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
 
-/// `sk_lookup`. Always returns `SK_PASS`; for TCP that arrives from outside the namespace for a
-/// port other than the outbound, inbound-plaintext and HBONE ones, it first selects the
-/// listener in `INBOUND_LISTENER` (slot 0 for IPv4, slot 1 for IPv6). The accepted socket's
-/// local address is then the original destination. With no listener in the slot, or one of
-/// the wrong family, the kernel's normal lookup runs.
+/// `sk_lookup`. For TCP that arrives from outside the namespace for a port other than the
+/// outbound, inbound-plaintext and HBONE ones, it selects the listener in `INBOUND_LISTENER`
+/// (slot 0 for IPv4, slot 1 for IPv6); the accepted socket's local address is then the
+/// original destination. With no listener in the slot (the agent is down or draining, or the
+/// family has none) the connection is refused (`SK_DROP`: an RST to the client), never
+/// handed to the pod uncaptured. Everything else passes to the kernel's normal lookup.
 ///
 /// "From outside" is judged from the addresses, not only the interface: a connection a process
 /// in the namespace makes to the namespace's own (non-loopback) address is delivered over `lo`,
@@ -85,20 +90,26 @@ pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     };
     match INBOUND_LISTENER.redirect_sk_lookup(&ctx, slot, 0) {
-        Ok(()) => mlog!(
-            &ctx,
-            Debug,
-            "sk_lookup: port {} steered to listener slot {}",
-            port,
-            slot
-        ),
-        Err(err) => mlog!(
-            &ctx,
-            Debug,
-            "sk_lookup: port {} not steered ({})",
-            port,
-            err
-        ),
+        Ok(()) => {
+            mlog!(
+                &ctx,
+                Debug,
+                "sk_lookup: port {} steered to listener slot {}",
+                port,
+                slot
+            );
+            SK_PASS
+        }
+        Err(err) => {
+            mlog!(
+                &ctx,
+                Info,
+                "sk_lookup: port {} refused: no listener in slot {} ({})",
+                port,
+                slot,
+                err
+            );
+            SK_DROP
+        }
     }
-    SK_PASS
 }

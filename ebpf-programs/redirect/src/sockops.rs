@@ -15,7 +15,10 @@ use mesh_common::TupleKey;
 
 use crate::{
     maps::{ORIG_DST_BY_COOKIE, ORIG_DST_BY_TUPLE},
-    util::{AF_INET, AF_INET6, is_v4_mapped, mlog},
+    util::{
+        AF_INET, AF_INET6, LOOPBACK_V4_BE, V4_MAPPED_WORD2, ctx_load_u32, is_v4_mapped, mlog,
+        outbound_port,
+    },
 };
 
 /// `sockops`. Always returns 1; never changes the connection.
@@ -49,9 +52,34 @@ fn on_established(ctx: &SockOpsContext) {
     };
     // SAFETY: a non-null value pointer from a lookup in this map; copied out at once.
     let orig = unsafe { *orig };
+    // Only a connection the connect hook sent to the outbound listener is re-keyed: an entry
+    // left by an earlier connect of this socket that failed must not name where a later,
+    // uncaptured connect went. `remote_port` holds the network-order port in its upper half.
+    // Each field is loaded once, unconditionally, with its own 32-bit load: the verifier
+    // refuses a load through a context pointer that LLVM shares between branches.
+    let ops = ctx.ops;
+    // SAFETY: readable 32-bit fields of the `bpf_sock_ops` context.
+    let (remote_port, remote_ip4, remote_ip6_2, remote_ip6_3) = unsafe {
+        (
+            ctx_load_u32(&raw const (*ops).remote_port),
+            ctx_load_u32(&raw const (*ops).remote_ip4),
+            ctx_load_u32(&raw const (*ops).remote_ip6[2]),
+            ctx_load_u32(&raw const (*ops).remote_ip6[3]),
+        )
+    };
+    let remote_port = u16::from_be((remote_port >> 16) as u16);
+    let family = ctx.family();
+    let to_listener = remote_port == outbound_port()
+        && ((family == AF_INET && remote_ip4 == LOOPBACK_V4_BE)
+            || (family == AF_INET6
+                && remote_ip6_2 == V4_MAPPED_WORD2
+                && remote_ip6_3 == LOOPBACK_V4_BE));
+    if !to_listener {
+        let _ = ORIG_DST_BY_COOKIE.remove(cookie);
+        return;
+    }
     // SAFETY: as above.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let family = ctx.family();
     let (family, ip) = if family == AF_INET {
         (AF_INET, [ctx.local_ip4(), 0, 0, 0])
     } else if family == AF_INET6 {

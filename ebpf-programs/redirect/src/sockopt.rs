@@ -22,6 +22,8 @@ const SOL_IPV6: i32 = 41;
 const SOCKADDR_IN_LEN: usize = 16;
 /// `sizeof(struct sockaddr_in6)`.
 const SOCKADDR_IN6_LEN: usize = 28;
+/// What a sockopt program sees of `optval` at most.
+const PAGE_SIZE: u32 = 4096;
 
 /// `cgroup/getsockopt`. Always returns 1 (the call proceeds).
 ///
@@ -44,13 +46,21 @@ pub fn mesh_getsockopt(ctx: SockoptContext) -> i32 {
 #[inline(always)]
 unsafe fn getsockopt(ctx: &SockoptContext) {
     let so: *mut bpf_sockopt = ctx.sockopt;
-    // SAFETY: level and optname are readable 32-bit context fields.
-    let (level, optname) = unsafe {
+    // SAFETY: level, optname and optlen are readable 32-bit context fields.
+    let (level, optname, optlen) = unsafe {
         (
             ctx_load_u32((&raw const (*so).level).cast()) as i32,
             ctx_load_u32((&raw const (*so).optname).cast()) as i32,
+            ctx_load_u32((&raw const (*so).optlen).cast()),
         )
     };
+    if optlen > PAGE_SIZE {
+        // Past a page the program sees only part of the kernel's answer; optlen 0 passes the
+        // whole of it through (kernels before 6.5 fail the call with EFAULT otherwise).
+        // SAFETY: optlen is a writable 32-bit context field.
+        unsafe { ctx_store_u32((&raw mut (*so).optlen).cast(), 0) };
+        return;
+    }
     if optname != SO_ORIGINAL_DST || (level != SOL_IP && level != SOL_IPV6) {
         return;
     }

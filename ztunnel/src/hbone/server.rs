@@ -49,10 +49,7 @@ impl IncomingStream {
             .get(super::FORWARDED)?
             .to_str()
             .ok()?;
-        v.split(';')
-            .filter_map(|p| p.trim().strip_prefix("for="))
-            .map(|p| p.trim_matches('"'))
-            .find_map(|p| p.parse().ok())
+        forwarded_for(v)
     }
 
     /// Answers with an error status and ends the stream.
@@ -74,6 +71,22 @@ impl IncomingStream {
         let send = self.respond.send_response(response, false)?;
         Ok(H2Stream::new(send, self.request.into_body()))
     }
+}
+
+/// The first `for=` of a `forwarded` value: `"ip:port"` as we and Istio's ztunnel send it,
+/// or a bare address (`for=10.0.0.1`, `for="[::1]"`) as older Istio versions send it, with
+/// port 0 then.
+fn forwarded_for(value: &str) -> Option<SocketAddr> {
+    value
+        .split([';', ','])
+        .filter_map(|p| p.trim().strip_prefix("for="))
+        .map(|p| p.trim_matches('"'))
+        .find_map(|p| {
+            p.parse().ok().or_else(|| {
+                let ip = p.trim_start_matches('[').trim_end_matches(']');
+                ip.parse().ok().map(|ip| SocketAddr::new(ip, 0))
+            })
+        })
 }
 
 /// Why an HBONE connection ended before or during serving.
@@ -182,6 +195,27 @@ where
                 };
                 tokio::spawn(handler(stream));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_reads_the_forms_istio_sends() {
+        let addr = |s: &str| s.parse::<SocketAddr>().ok();
+        for (value, want) in [
+            ("for=\"10.0.0.1:4000\"", addr("10.0.0.1:4000")),
+            ("for=\"[fd00::1]:4000\"", addr("[fd00::1]:4000")),
+            ("for=10.0.0.1", addr("10.0.0.1:0")),
+            ("for=\"[fd00::1]\"", addr("[fd00::1]:0")),
+            ("proto=https;for=10.0.0.1;host=a", addr("10.0.0.1:0")),
+            ("for=unknown", None),
+            ("by=10.0.0.1", None),
+        ] {
+            assert_eq!(forwarded_for(value), want, "{value}");
         }
     }
 }

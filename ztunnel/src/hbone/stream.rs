@@ -53,6 +53,8 @@ impl H2Stream {
     /// Ends the stream abruptly (RST_STREAM), as when the tunnelled connection was reset.
     pub fn reset(&mut self) {
         self.send.send_reset(h2::Reason::CANCEL);
+        // Nothing to linger for once reset (see `Drop`).
+        self.finished = false;
     }
 
     /// The next received DATA frame's bytes as they are (no copy), or `None` at END_STREAM.

@@ -160,7 +160,10 @@ impl ProxyInputs {
     /// `SO_ORIGINAL_DST` when the connection was redirected, else the address it reached us on.
     pub fn original_dst(&self, stream: &TcpStream) -> Option<SocketAddr> {
         if let Some((cookie, lookup)) = &self.orig_dst
-            && let Some(dst) = stream.peer_addr().ok().and_then(|p| lookup.get(*cookie, p))
+            && let Some(dst) = stream
+                .peer_addr()
+                .ok()
+                .and_then(|p| lookup.take(*cookie, p))
         {
             return Some(dst);
         }

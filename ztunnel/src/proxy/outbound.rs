@@ -71,6 +71,14 @@ pub async fn proxy(
         _ => client_addr,
     };
     let upstream = state.resolve(&inputs.cfg.network, dst, &inputs.picker);
+    if upstream.is_none()
+        && let Some(svc) = state.service_by_vip(&inputs.cfg.network, dst.ip())
+    {
+        // A mesh service with no healthy endpoint for this port is refused, as Istio's
+        // ztunnel does: never passed through as plain TCP to its VIP, past mTLS and waypoint.
+        tracing::warn!(%client_addr, %dst, service = %svc.hostname, "no healthy endpoint for the service port; refusing");
+        return reset(client);
+    }
     // A destination behind a waypoint is reached through it, with the original destination
     // (the service VIP) as the authority, so that the waypoint applies its L7 rules. The
     // waypoint's own connections go straight to the destination.
@@ -142,13 +150,27 @@ pub async fn proxy(
         mtls,
     };
     let record = ConnectionRecord::open(inputs.metrics.clone(), info);
+    // A copy that fails (either side reset) resets both sides: a client's RST reaches the
+    // server as a reset, not as a FIN that would look like a complete request.
     let result = match route {
         Route::Hbone { connect, .. } => match inputs.pool.connect(&connect).await {
-            Ok(mut tunnel) => copy::bidirectional(&mut client, &mut tunnel, &record.bytes).await,
+            Ok(mut tunnel) => {
+                let r = copy::bidirectional(&mut client, &mut tunnel, &record.bytes).await;
+                if r.is_err() {
+                    tunnel.reset();
+                }
+                r
+            }
             Err(e) => return fail(record, client, &e),
         },
         Route::Tcp { addr, .. } => match inputs.dialer.dial(addr).await {
-            Ok(mut up) => copy::bidirectional(&mut client, &mut up, &record.bytes).await,
+            Ok(mut up) => {
+                let r = copy::bidirectional(&mut client, &mut up, &record.bytes).await;
+                if r.is_err() {
+                    reset(up);
+                }
+                r
+            }
             Err(e) => {
                 record.finish(Outcome::ConnectFailed(format!("connecting to {addr}: {e}")));
                 return reset(client);

@@ -323,6 +323,7 @@ impl Redirector {
                         &mut fresh
                     }
                 };
+                let pin = self.pins.as_ref().map(|p| p.netns_link(cookie));
                 let namespace = sk_lookup::Namespace::load(
                     loader,
                     cookie,
@@ -331,6 +332,7 @@ impl Redirector {
                     self.mark,
                     self.log_level,
                     &self.object,
+                    pin.as_deref(),
                 )?;
                 self.namespaces.insert(cookie, namespace);
                 if self.copy_loader.is_none() {
@@ -352,6 +354,7 @@ impl Redirector {
         if let Err(err) = inserted {
             if new {
                 self.namespaces.remove(&cookie);
+                self.remove_netns_pin(cookie)?;
             }
             return Err(err);
         }
@@ -371,6 +374,7 @@ impl Redirector {
     pub fn unenroll(&mut self, cookie: u64) -> Result<(), RedirectError> {
         let known = self.namespaces.remove(&cookie).is_some();
         self.inherited.remove(&cookie);
+        self.remove_netns_pin(cookie)?;
         let mut enrolled = self.enrolled()?;
         match enrolled.remove(&cookie) {
             Ok(()) => {}
@@ -419,6 +423,14 @@ impl Redirector {
                 "removed a namespace that an earlier agent enrolled and this one does not serve"
             );
         }
+        // Their sk_lookup copies too, and those of namespaces that are gone.
+        if let Some(pins) = &self.pins {
+            for cookie in pins.netns_links()? {
+                if !self.namespaces.contains_key(&cookie) {
+                    pins.remove_netns_link(cookie)?;
+                }
+            }
+        }
         Ok(stale)
     }
 
@@ -457,6 +469,14 @@ impl Redirector {
             namespace.set_log_level(level)?;
         }
         Ok(())
+    }
+
+    /// Removes the pinned sk_lookup link of `cookie`, if any (detaching the copy).
+    fn remove_netns_pin(&self, cookie: u64) -> Result<(), RedirectError> {
+        match &self.pins {
+            Some(pins) => pins.remove_netns_link(cookie),
+            None => Ok(()),
+        }
     }
 
     /// The keys of `ENROLLED`.

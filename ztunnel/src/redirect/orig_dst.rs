@@ -2,7 +2,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use aya::maps::{HashMap, MapData};
@@ -13,17 +13,19 @@ use mesh_common::{AF_INET, AF_INET6, OrigDst, TupleKey};
 /// whatever cgroup the agent itself is in; `SO_ORIGINAL_DST` (answered by `mesh_getsockopt`)
 /// needs the agent's sockets inside the watched cgroup.
 #[derive(Clone)]
-pub struct OrigDstLookup(Arc<HashMap<MapData, TupleKey, OrigDst>>);
+pub struct OrigDstLookup(Arc<Mutex<HashMap<MapData, TupleKey, OrigDst>>>);
 
 impl OrigDstLookup {
     /// A reader of `map` (the main object's `ORIG_DST_BY_TUPLE`).
     pub(super) fn new(map: HashMap<MapData, TupleKey, OrigDst>) -> Self {
-        Self(Arc::new(map))
+        Self(Arc::new(Mutex::new(map)))
     }
 
     /// The original destination of the connection from `peer` accepted in the namespace
-    /// `netns_cookie`.
-    pub fn get(&self, netns_cookie: u64, peer: SocketAddr) -> Option<SocketAddr> {
+    /// `netns_cookie`, taken out of the map: an entry serves one connection, so that a later
+    /// connection from the same port that was not re-keyed (its cookie entry evicted, say)
+    /// finds nothing and is refused rather than sent where an earlier one went.
+    pub fn take(&self, netns_cookie: u64, peer: SocketAddr) -> Option<SocketAddr> {
         let (ip, family) = match peer.ip() {
             IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], AF_INET),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -41,7 +43,12 @@ impl OrigDstLookup {
             port: u32::from(peer.port()),
             family: u32::from(family),
         };
-        let d = self.0.get(&key, 0).ok()?;
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let d = map.get(&key, 0).ok()?;
+        if let Err(err) = map.remove(&key) {
+            tracing::debug!(error = %err, %peer, "removing a used original destination");
+        }
+        drop(map);
         let port = u16::from_be(d.port);
         let ip = if d.family == AF_INET6 {
             let mut o = [0u8; 16];

@@ -13,10 +13,12 @@
 //! - `cgroup`: a symbolic link to the cgroup folder the links are attached to (bpffs holds no
 //!   regular files), for `uninstall`'s report and for people.
 //!
-//! Not pinned: the per-namespace `mesh_sk_lookup` copies. Their links (and their
-//! `INBOUND_LISTENER`, which holds the agent's listener) close with the agent, so none can
-//! outlive it and steer connections to a listener that is gone; a restarted agent attaches a
-//! new copy when it enrolls the namespace again.
+//! - `netns/<cookie>`: the `bpf_link` of each enrolled namespace's `mesh_sk_lookup` copy, so
+//!   that inbound capture fails closed while no agent runs: the copy's `INBOUND_LISTENER`
+//!   loses the listener when the agent's socket closes, and the program then refuses the
+//!   connection (RST) instead of letting it reach the pod in plaintext, as Istio's in-pod
+//!   rules do. A restarted agent attaches a new copy when it enrolls the namespace again and
+//!   then removes the old pin, which detaches the old copy. Unenrolling removes the pin.
 //!
 //! A running agent holds an exclusive `flock` on the folder: a second agent waits for it, and
 //! `uninstall` refuses to run under a live agent.
@@ -42,6 +44,9 @@ use super::{
 
 /// The default pin folder.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mesh";
+
+/// The sub-folder of the namespaces' sk_lookup links.
+const NETNS_DIR: &str = "netns";
 
 /// Where the agent mounts a bpf filesystem when none is mounted.
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -116,7 +121,12 @@ impl PinDir {
     /// the file operations.
     pub(super) fn open(path: &Path) -> Result<Self, RedirectError> {
         ensure_bpffs(path)?;
-        for dir in [path.to_owned(), path.join("maps"), path.join("links")] {
+        for dir in [
+            path.to_owned(),
+            path.join("maps"),
+            path.join("links"),
+            path.join(NETNS_DIR),
+        ] {
             fs::create_dir_all(&dir).map_err(|err| {
                 RedirectError::pin(path, format!("creating {}", dir.display()), err)
             })?;
@@ -141,6 +151,25 @@ impl PinDir {
     /// Where the link of the cgroup program `name` is pinned.
     pub(super) fn link(&self, name: &str) -> PathBuf {
         self.path.join("links").join(name)
+    }
+
+    /// Where the sk_lookup link of the namespace `cookie` is pinned.
+    pub(super) fn netns_link(&self, cookie: u64) -> PathBuf {
+        self.path.join(NETNS_DIR).join(cookie.to_string())
+    }
+
+    /// The namespaces with a pinned sk_lookup link.
+    pub(super) fn netns_links(&self) -> Result<Vec<u64>, RedirectError> {
+        Ok(entries(&self.path.join(NETNS_DIR), &self.path)?
+            .iter()
+            .filter_map(|n| n.to_str()?.parse().ok())
+            .collect())
+    }
+
+    /// Removes the pinned sk_lookup link of the namespace `cookie`, which detaches it unless
+    /// a live agent still holds it; fine if there is none.
+    pub(super) fn remove_netns_link(&self, cookie: u64) -> Result<(), RedirectError> {
+        remove(&self.path, &self.netns_link(cookie))
     }
 
     /// The cgroup an earlier agent recorded, if any.
@@ -348,6 +377,16 @@ pub fn uninstall(path: &Path) -> Result<Vec<String>, RedirectError> {
             pin.display()
         ));
     }
+    let netns_dir = path.join(NETNS_DIR);
+    for name in entries(&netns_dir, path)? {
+        let pin = netns_dir.join(&name);
+        remove(path, &pin)?;
+        report.push(format!(
+            "detached mesh_sk_lookup from the network namespace with cookie {}; removed {}",
+            name.display(),
+            pin.display()
+        ));
+    }
     if let Some(cgroup) = &cgroup {
         let record = path.join("cgroup");
         remove(path, &record)?;
@@ -359,13 +398,13 @@ pub fn uninstall(path: &Path) -> Result<Vec<String>, RedirectError> {
     }
     for name in entries(path, path)? {
         let other = path.join(&name);
-        if other == links || other == maps_dir {
+        if other == links || other == maps_dir || other == netns_dir {
             continue;
         }
         remove(path, &other)?;
         report.push(format!("removed {}", other.display()));
     }
-    for dir in [&links, &maps_dir] {
+    for dir in [&links, &maps_dir, &netns_dir] {
         match fs::remove_dir(dir) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}

@@ -6,21 +6,26 @@
 //! namespaces apart: each enrolled namespace gets its own copy of the object ([`Namespace`]),
 //! with its own `INBOUND_LISTENER` and `CONFIG`, the maps it does not use shrunk to one entry.
 //!
-//! Unlike the cgroup programs, these are never pinned: a copy's link and its
-//! `INBOUND_LISTENER` (which holds the agent's listener) end with the agent, so no copy can
-//! outlive it and steer connections to a listener that is gone. A restarted agent attaches a
-//! new copy when it enrolls the namespace again.
+//! With a pin folder, each copy's link is pinned (`netns/<cookie>`, see `pins`) so that the
+//! program outlives the agent: its `INBOUND_LISTENER` loses the listener when the agent's
+//! socket closes, and the program then refuses inbound connections instead of letting them
+//! reach the pod uncaptured. A restarted agent attaches a new copy when it enrolls the
+//! namespace again and removes the old one's pin.
 //!
 //! # Minimum kernel version
 //!
 //! 5.9.
 
-use std::{fs::File, net::SocketAddr, net::TcpListener};
+use std::{fs::File, io, net::SocketAddr, net::TcpListener, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::SockMap,
-    programs::{SkLookup, sk_lookup::SkLookupLinkId},
+    programs::{
+        SkLookup,
+        links::{FdLink, PinnedLink},
+        sk_lookup::SkLookupLinkId,
+    },
 };
 use mesh_common::{INBOUND_LISTENER_SLOT_V4, INBOUND_LISTENER_SLOT_V6, maps, programs};
 
@@ -33,8 +38,10 @@ const LOG_RING_BYTES: u32 = 4096;
 /// An enrolled namespace's copy of the object, with `mesh_sk_lookup` loaded and attached to the
 /// namespace. Dropping it detaches the program.
 pub(super) struct Namespace {
-    /// The copy; owns the sk_lookup link.
+    /// The copy; owns the sk_lookup link unless it is pinned.
     ebpf: Ebpf,
+    /// The pinned link: dropping it leaves the program attached, removing its pin detaches.
+    _pinned: Option<PinnedLink>,
     /// Forwards the copy's aya-log records; stopped on drop.
     _logs: LogReader,
 }
@@ -58,8 +65,10 @@ pub(super) fn copy_loader(kernel_btf: bool) -> EbpfLoader<'static> {
 impl Namespace {
     /// Loads a copy of `object` for the namespace `netns` (cookie `cookie`) with `loader`
     /// (from [`copy_loader`]), writes its `CONFIG`, puts `inbound` in its `INBOUND_LISTENER`
-    /// and attaches `mesh_sk_lookup` to the namespace. Needs a tokio runtime (for the log
-    /// reader).
+    /// and attaches `mesh_sk_lookup` to the namespace; with `pin`, pins the link there,
+    /// replacing (and so detaching) an earlier agent's copy pinned there. Needs a tokio
+    /// runtime (for the log reader).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn load(
         loader: &mut EbpfLoader<'_>,
         cookie: u64,
@@ -68,6 +77,7 @@ impl Namespace {
         mark: u32,
         log_level: u32,
         object: &Object,
+        pin: Option<&Path>,
     ) -> Result<Self, RedirectError> {
         let copy = format!("sk_lookup copy for netns cookie {cookie}");
         let mut ebpf = loader
@@ -80,11 +90,47 @@ impl Namespace {
         // Before loading the program: the reader keeps the ring buffer's fd open.
         let logs = LogReader::start(&mut ebpf, &copy)?;
         config_map::write(&mut ebpf, mark, log_level)?;
-        let mut namespace = Self { ebpf, _logs: logs };
+        let mut namespace = Self {
+            ebpf,
+            _pinned: None,
+            _logs: logs,
+        };
         namespace.set_listener(inbound)?;
         load(&mut namespace.ebpf)?;
-        attach(&mut namespace.ebpf, netns, cookie)?;
+        let id = attach(&mut namespace.ebpf, netns, cookie)?;
+        if let Some(pin) = pin {
+            namespace._pinned = Some(namespace.pin(id, pin)?);
+        }
         Ok(namespace)
+    }
+
+    /// Pins the link `id` at `pin`. An earlier agent's copy pinned there is detached first:
+    /// run before this one, it would refuse every connection (its listener is gone).
+    fn pin(&mut self, id: SkLookupLinkId, pin: &Path) -> Result<PinnedLink, RedirectError> {
+        let link: FdLink = program_mut::<SkLookup>(&mut self.ebpf, programs::SK_LOOKUP)?
+            .take_link(id)
+            .map_err(|err| RedirectError::program(programs::SK_LOOKUP, "taking the link", err))?
+            .into();
+        match std::fs::remove_file(pin) {
+            Ok(()) => {
+                tracing::debug!(pin = %pin.display(), "replaced an earlier agent's sk_lookup copy")
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(RedirectError::pin(
+                    pin,
+                    "removing an earlier agent's sk_lookup link",
+                    err,
+                ));
+            }
+        }
+        link.pin(pin).map_err(|err| {
+            RedirectError::link(
+                programs::SK_LOOKUP,
+                format!("pinning at {}", pin.display()),
+                io::Error::other(err.to_string()),
+            )
+        })
     }
 
     /// Puts `inbound` in `INBOUND_LISTENER` slot 0 (IPv4), and also in slot 1 (IPv6) when it is
