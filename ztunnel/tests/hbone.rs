@@ -269,7 +269,7 @@ async fn connect_answers_carry_istio_status_codes() {
     );
     echo(SocketAddr::new(net.ip(3), 8080)).await;
     echo(SocketAddr::new(net.ip(3), 9090)).await;
-    let (_a, _b) = net.agents().await;
+    let (_a, b) = net.agents().await;
     let pool = pool(&net.ca());
     let hbone = SocketAddr::new(net.ip(3), 15008);
     let status = |authority: SocketAddr| {
@@ -297,6 +297,17 @@ async fn connect_answers_carry_istio_status_codes() {
     assert_eq!(status(SocketAddr::new(net.ip(3), 7070)).await, 503);
     // All of that over one pooled connection.
     assert_eq!(pool.connections(), 1);
+    // The server agent goes away (GOAWAY): the connection leaves the pool at once, not at the
+    // key's next use.
+    b.drain(Duration::from_secs(1)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pool.connections() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection stayed pooled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

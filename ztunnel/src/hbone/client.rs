@@ -9,7 +9,7 @@ use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
@@ -171,6 +171,8 @@ pub struct Pool {
     conns: ByKey<Vec<PooledConn>>,
     /// Serialises dialing per key, so that a burst of requests opens one connection, not many.
     dialing: ByKey<Arc<tokio::sync::Mutex<()>>>,
+    /// Open connections, of this pool and of its siblings (see [`Pool::sibling`]).
+    open: Arc<AtomicUsize>,
 }
 
 /// A map by pool key on each worker.
@@ -183,6 +185,17 @@ impl Pool {
             dialer,
             conns: Default::default(),
             dialing: Default::default(),
+            open: Default::default(),
+        }
+    }
+
+    /// A pool of its own that dials with `dialer` (a pod's namespace, say) and is counted
+    /// with this one in [`Pool::connections`].
+    pub fn sibling(&self, dialer: Dialer) -> Self {
+        Self {
+            dialer,
+            open: self.open.clone(),
+            ..Self::new(self.certs.clone(), self.dialer.clone())
         }
     }
 
@@ -260,18 +273,10 @@ impl Pool {
         list.iter().find_map(|c| Some((c.clone(), c.claim()?)))
     }
 
-    /// Number of open pooled connections (for tests and the admin page).
+    /// Number of open connections of this pool and its siblings (for tests and the admin
+    /// page); a connection leaves the pool as soon as it closes.
     pub fn connections(&self) -> usize {
-        self.conns
-            .all()
-            .map(|shard| {
-                let map = shard.lock().unwrap_or_else(|p| p.into_inner());
-                map.values()
-                    .flatten()
-                    .filter(|c| !c.closed.load(Ordering::Relaxed))
-                    .count()
-            })
-            .sum()
+        self.open.load(Ordering::Relaxed)
     }
 
     async fn open(&self, key: &PoolKey) -> Result<(PooledConn, StreamSlot), HboneError> {
@@ -311,6 +316,9 @@ impl Pool {
         let closed = conn.closed.clone();
         let streams = conn.streams.clone();
         let ping = connection.ping_pong();
+        let (conns, pool_key, open) = (self.conns.clone(), key.clone(), self.open.clone());
+        open.fetch_add(1, Ordering::Relaxed);
+        // On this worker, as the connection's tunnels: `conns.here()` is their shard.
         tokio::spawn(async move {
             let result = tokio::select! {
                 r = &mut connection => r,
@@ -321,6 +329,18 @@ impl Pool {
                 }
             };
             closed.store(true, Ordering::Relaxed);
+            // Out of the pool now, not at the key's next checkout, which may never come (the
+            // peer pod is gone).
+            open.fetch_sub(1, Ordering::Relaxed);
+            {
+                let mut map = conns.here().lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(list) = map.get_mut(&pool_key) {
+                    list.retain(|c| !c.closed.load(Ordering::Relaxed));
+                    if list.is_empty() {
+                        map.remove(&pool_key);
+                    }
+                }
+            }
             match result {
                 Ok(()) => tracing::debug!(%addr, "HBONE connection closed"),
                 Err(e) => tracing::debug!(%addr, error = %e, "HBONE connection ended"),

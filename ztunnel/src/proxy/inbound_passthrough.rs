@@ -119,7 +119,13 @@ pub async fn connect_local(
     socket.set_nonblocking(true)?;
     socket.bind(&SocketAddr::new(src.ip(), 0).into())?;
     let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
-    socket.connect(dst).await
+    // The same bound as the dialer's, not the kernel's minutes of SYN retries.
+    match inputs.dialer.connect_timeout {
+        Some(t) => tokio::time::timeout(t, socket.connect(dst))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => socket.connect(dst).await,
+    }
 }
 
 /// Copies between the client side and the workload until done, re-checking policy whenever
@@ -144,10 +150,7 @@ where
     loop {
         tokio::select! {
             r = &mut copy => return r.map_err(|e| Outcome::Failed(e.to_string())),
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    continue;
-                }
+            Ok(()) = changes.changed() => {
                 let state = inputs.state.snapshot();
                 let w = state.workload_by_uid(&dst_workload.uid).cloned();
                 let verdict = match &w {

@@ -73,7 +73,7 @@ impl ProxyInputs {
             ..self.dialer.clone()
         };
         Arc::new(Self {
-            pool: Pool::new(self.certs.clone(), dialer.clone()),
+            pool: self.pool.sibling(dialer.clone()),
             cfg: self.cfg.clone(),
             state: self.state.clone(),
             certs: self.certs.clone(),
