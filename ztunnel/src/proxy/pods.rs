@@ -63,8 +63,11 @@ impl Pods {
         let mut changes = self.base.state.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         self = self.reconciled().await;
-        // Namespaces an earlier agent left enrolled and this one did not enroll again.
-        if let Err(e) = self.redirector.remove_stale() {
+        // Namespaces an earlier agent left enrolled and this one did not enroll again, but not
+        // those of pods it still serves whose enrollment failed this once: they stay captured
+        // (refused, not bypassed) until a later attempt succeeds.
+        let keep = self.wanted_cookies();
+        if let Err(e) = self.redirector.remove_stale(&keep) {
             tracing::error!(error = %e, "removing stale enrolled namespaces");
         }
         loop {
@@ -107,6 +110,19 @@ impl Pods {
             Ok(this) => this,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
+    }
+
+    /// The netns cookies of the pods this agent should serve whose namespaces exist.
+    fn wanted_cookies(&self) -> std::collections::HashSet<u64> {
+        let state = self.base.state.snapshot();
+        state
+            .workloads()
+            .filter(|w| w.node == self.base.cfg.node_name)
+            .filter_map(|w| {
+                let netns = PodNetns::open(w.netns.as_ref()?).ok()?;
+                netns_cookie(&netns.file).ok()
+            })
+            .collect()
     }
 
     /// Enrolls new pods and unenrolls those gone.

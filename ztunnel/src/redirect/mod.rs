@@ -396,14 +396,20 @@ impl Redirector {
     /// Removes from `ENROLLED` the namespaces that an earlier agent left there (found in the
     /// pinned map at load) and that have not been enrolled again since: their pods are gone,
     /// or no longer served here, and their captured connections would find no listener. Call
-    /// it once, after enrolling the pods this agent serves. Logs and returns the cookies
-    /// removed.
+    /// it once, after enrolling the pods this agent serves; `keep` names namespaces to leave
+    /// as they are (pods still served whose enrollment failed this time). Logs and returns
+    /// the cookies removed.
     ///
     /// # Errors
     /// If the `ENROLLED` map cannot be updated; the cookies not yet removed are kept for a
     /// later call.
-    pub fn remove_stale(&mut self) -> Result<Vec<u64>, RedirectError> {
-        let mut stale: Vec<u64> = self.inherited.iter().copied().collect();
+    pub fn remove_stale(&mut self, keep: &HashSet<u64>) -> Result<Vec<u64>, RedirectError> {
+        let mut stale: Vec<u64> = self
+            .inherited
+            .iter()
+            .filter(|c| !keep.contains(c))
+            .copied()
+            .collect();
         stale.sort_unstable();
         for &cookie in &stale {
             match self.enrolled()?.remove(&cookie) {
@@ -426,7 +432,7 @@ impl Redirector {
         // Their sk_lookup copies too, and those of namespaces that are gone.
         if let Some(pins) = &self.pins {
             for cookie in pins.netns_links()? {
-                if !self.namespaces.contains_key(&cookie) {
+                if !self.namespaces.contains_key(&cookie) && !keep.contains(&cookie) {
                     pins.remove_netns_link(cookie)?;
                 }
             }
