@@ -97,6 +97,10 @@ impl PodNetns {
                 s.set_mark(m)?;
             }
             s.set_reuse_address(true)?;
+            if addr.is_ipv6() {
+                // An IPv6 listener takes IPv4 too (as `::ffff:a.b.c.d`).
+                s.set_only_v6(false)?;
+            }
             s.bind(&addr.into())?;
             s.listen(1024)?;
             s.set_nonblocking(true)?;

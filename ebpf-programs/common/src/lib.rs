@@ -58,7 +58,8 @@ pub mod maps {
     /// dialled. Written by `mesh_connect4/6`, read by `mesh_sockops` and `mesh_getpeername4/6`.
     pub const ORIG_DST_BY_COOKIE: &str = "ORIG_DST_BY_COOKIE";
     /// `LruHashMap<TupleKey, OrigDst>`: (netns cookie, app socket's local address) → the
-    /// address it dialled. Written by `mesh_sockops`, read by `mesh_getsockopt` and by the agent.
+    /// address it dialled. Written by `mesh_sockops`, read by `mesh_getsockopt`, and taken
+    /// (read and deleted) by the agent when it accepts the connection.
     pub const ORIG_DST_BY_TUPLE: &str = "ORIG_DST_BY_TUPLE";
     /// `Array<u32>` of [`crate::config`] slots.
     pub const CONFIG: &str = "CONFIG";

@@ -23,11 +23,12 @@ use crate::{
 
 /// `sockops`. Always returns 1; never changes the connection.
 ///
-/// - `ACTIVE_ESTABLISHED_CB` for a socket with an `ORIG_DST_BY_COOKIE` entry: writes
-///   `ORIG_DST_BY_TUPLE[{netns cookie, local ip, local port}]` and turns on `STATE_CB` for it.
+/// - `ACTIVE_ESTABLISHED_CB` for a socket with an `ORIG_DST_BY_COOKIE` entry that connected to
+///   the outbound listener: writes `ORIG_DST_BY_TUPLE[{netns cookie, local ip, local port}]`
+///   and turns on `STATE_CB` for it (connected elsewhere: the entry is stale and dropped).
 /// - `STATE_CB` to `TCP_CLOSE`: drops the socket's `ORIG_DST_BY_COOKIE` entry (the tuple entry
-///   stays until the LRU evicts or a reuse of the port overwrites it, so an agent that accepts
-///   after the client already closed still finds it).
+///   stays until the agent takes it, so an agent that accepts after the client already closed
+///   still finds it, or until the LRU evicts it).
 #[doc(alias = "BPF_PROG_TYPE_SOCK_OPS")]
 #[sock_ops]
 pub fn mesh_sockops(ctx: SockOpsContext) -> u32 {

@@ -5,33 +5,45 @@
 //! 1. `%XX` of an unreserved character (ALPHA DIGIT `-` `.` `_` `~`) is decoded; other
 //!    escapes keep their meaning and get upper-case hex (`%2f` to `%2F`). An escaped slash
 //!    stays escaped, and slashes are not merged: BASE does neither.
-//! 2. Dot segments are removed as RFC 3986 section 5.2.4 says, after step 1, so that `%2e`
-//!    is a dot too.
+//! 2. A backslash is a slash, as Envoy's canonicalizer (and many backends) read it.
+//! 3. Dot segments are removed as RFC 3986 section 5.2.4 says, after steps 1 and 2, so that
+//!    `%2e` is a dot and `..\` a parent too.
 //!
-//! A `%` not followed by two hex digits is kept as it is, as Envoy's canonicalizer does.
+//! A `%` not followed by two hex digits, and `%00`, are refused (400): kept, they would let
+//! a backend that decodes once more see a path other than the one checked (`%%32%65` would
+//! become `%2e`). So normalizing a normalized path changes nothing.
 
 use std::borrow::Cow;
 
-/// A request path that cannot be normalized: it does not start with `/` (origin form).
+/// A request path that cannot be normalized.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("request path `{0}` does not start with `/`")]
-pub struct InvalidPath(pub String);
+pub enum InvalidPath {
+    /// Not origin form.
+    #[error("request path `{0}` does not start with `/`")]
+    NoLeadingSlash(String),
+    /// A `%` without two hex digits after it.
+    #[error("request path `{0}` has a `%` not followed by two hex digits")]
+    BadEscape(String),
+    /// An escaped NUL.
+    #[error("request path `{0}` has an escaped NUL (`%00`)")]
+    Nul(String),
+}
 
 /// `raw` (a path without its query) normalized; borrowed when there was nothing to do.
 ///
 /// # Errors
 ///
-/// [`InvalidPath`] when `raw` does not start with `/`.
+/// [`InvalidPath`] when `raw` does not start with `/` or has a bad or NUL escape.
 pub fn path(raw: &str) -> Result<Cow<'_, str>, InvalidPath> {
     if !raw.starts_with('/') {
-        return Err(InvalidPath(raw.to_owned()));
+        return Err(InvalidPath::NoLeadingSlash(raw.to_owned()));
     }
-    // The common case: no escape, no dot segment.
+    // The common case: no escape, no backslash, no dot segment.
     let dotted = raw.split('/').any(|s| s == "." || s == "..");
-    if !dotted && !raw.contains('%') {
+    if !dotted && !raw.contains(['%', '\\']) {
         return Ok(Cow::Borrowed(raw));
     }
-    let decoded = decode_unreserved(raw);
+    let decoded = decode_unreserved(raw)?.replace('\\', "/");
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
@@ -49,7 +61,7 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// Decodes `%XX` of unreserved characters and upper-cases the hex of the others.
-fn decode_unreserved(raw: &str) -> String {
+fn decode_unreserved(raw: &str) -> Result<String, InvalidPath> {
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
     let mut i = 0;
@@ -57,13 +69,19 @@ fn decode_unreserved(raw: &str) -> String {
         let b = bytes[i];
         let digit = |at: usize| bytes.get(at).copied().and_then(hex);
         let escape = if b == b'%' {
-            digit(i + 1).zip(digit(i + 2))
+            match digit(i + 1).zip(digit(i + 2)) {
+                Some(hex) => Some(hex),
+                None => return Err(InvalidPath::BadEscape(raw.to_owned())),
+            }
         } else {
             None
         };
         match escape {
             Some((hi, lo)) => {
                 let value = (hi << 4) | lo;
+                if value == 0 {
+                    return Err(InvalidPath::Nul(raw.to_owned()));
+                }
                 if is_unreserved(value) {
                     out.push(char::from(value));
                 } else {
@@ -84,7 +102,7 @@ fn decode_unreserved(raw: &str) -> String {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// RFC 3986 section 5.2.4 for a path starting with `/`: `.` segments go, `..` removes the
@@ -150,20 +168,43 @@ mod tests {
             ("/%2e%2e%2fadmin", "/..%2Fadmin"),
             ("/a%20b%3f", "/a%20b%3F"),
             ("/caf%c3%a9", "/caf%C3%A9"),
-            // A `%` without two hex digits is kept.
-            ("/100%", "/100%"),
-            ("/%zz/%4", "/%zz/%4"),
-            ("/%%61", "/%a"),
+            // A backslash is a slash.
+            ("/x/..\\admin", "/admin"),
+            ("/a\\b", "/a/b"),
         ];
         for (raw, want) in cases {
             assert_eq!(path(raw).as_deref(), Ok(want), "{raw}");
+            // Normalized once is normalized: a backend that normalizes again sees the same.
+            assert_eq!(path(want).as_deref(), Ok(want), "{want}");
         }
+    }
+
+    #[test]
+    fn a_bad_or_nul_escape_is_refused() {
+        for raw in [
+            "/100%",
+            "/%zz/%4",
+            "/%%61",
+            "/x/%%32%65%%32%65/admin",
+            "/%4",
+        ] {
+            assert_eq!(
+                path(raw),
+                Err(InvalidPath::BadEscape(raw.to_owned())),
+                "{raw}"
+            );
+        }
+        assert_eq!(path("/a%00b"), Err(InvalidPath::Nul("/a%00b".to_owned())));
     }
 
     #[test]
     fn a_path_not_starting_with_a_slash_is_refused() {
         for raw in ["", "*", "admin", "./admin", "%2Fadmin"] {
-            assert_eq!(path(raw), Err(InvalidPath(raw.to_owned())), "{raw}");
+            assert_eq!(
+                path(raw),
+                Err(InvalidPath::NoLeadingSlash(raw.to_owned())),
+                "{raw}"
+            );
         }
     }
 

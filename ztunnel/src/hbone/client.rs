@@ -193,9 +193,8 @@ impl Pool {
     /// with this one in [`Pool::connections`].
     pub fn sibling(&self, dialer: Dialer) -> Self {
         Self {
-            dialer,
             open: self.open.clone(),
-            ..Self::new(self.certs.clone(), self.dialer.clone())
+            ..Self::new(self.certs.clone(), dialer)
         }
     }
 
@@ -279,6 +278,17 @@ impl Pool {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// Number of connections held in this pool's own map (not its siblings').
+    pub fn pooled(&self) -> usize {
+        self.conns
+            .all()
+            .map(|shard| {
+                let map = shard.lock().unwrap_or_else(|p| p.into_inner());
+                map.values().map(Vec::len).sum::<usize>()
+            })
+            .sum()
+    }
+
     async fn open(&self, key: &PoolKey) -> Result<(PooledConn, StreamSlot), HboneError> {
         let addr = key.dst;
         let cert = self.certs.get(&key.src_id)?;
@@ -318,6 +328,14 @@ impl Pool {
         let ping = connection.ping_pong();
         let (conns, pool_key, open) = (self.conns.clone(), key.clone(), self.open.clone());
         open.fetch_add(1, Ordering::Relaxed);
+        // Pooled before its driver runs, which removes it when it ends.
+        conns
+            .here()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .push(conn.clone());
         // On this worker, as the connection's tunnels: `conns.here()` is their shard.
         tokio::spawn(async move {
             let result = tokio::select! {
@@ -347,8 +365,6 @@ impl Pool {
             }
         });
         tracing::debug!(%addr, src = %key.src_id, "opened HBONE connection");
-        let mut map = self.conns.here().lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key.clone()).or_default().push(conn.clone());
         Ok((conn, slot))
     }
 }

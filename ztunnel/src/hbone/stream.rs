@@ -21,7 +21,7 @@ pub struct H2Stream {
     recv: Option<RecvStream>,
     /// Received bytes not yet read by the caller.
     pending: Bytes,
-    /// END_STREAM has been sent.
+    /// END_STREAM has been sent (and the stream not reset since): dropped, it lingers.
     finished: bool,
     /// Held for as long as the stream lives (a pooled connection's stream count).
     _slot: Option<Box<dyn Send + Sync>>,

@@ -55,9 +55,9 @@ impl FromStr for Identity {
         let rest = s.strip_prefix("spiffe://").ok_or_else(err)?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
-            // Parts may be empty: Istio's ztunnel gives a workload of a local file without
-            // `trustDomain` or `serviceAccount` the identity `spiffe:///ns/<ns>/sa/`.
-            [td, "ns", ns, "sa", sa] => Ok(Identity::new(td, ns, sa)),
+            // The trust domain and service account may be empty: Istio's ztunnel gives a
+            // workload of a local file without them the identity `spiffe:///ns/<ns>/sa/`.
+            [td, "ns", ns, "sa", sa] if !ns.is_empty() => Ok(Identity::new(td, ns, sa)),
             _ => Err(err()),
         }
     }
@@ -85,6 +85,7 @@ mod tests {
     fn rejects_other_forms() {
         for bad in [
             "spiffe://cluster.local/ns/default",
+            "spiffe://cluster.local/ns//sa/b",
             "http://cluster.local/ns/a/sa/b",
             "spiffe://cluster.local/ns/a/sa/b/extra",
         ] {

@@ -28,7 +28,10 @@ pub async fn serve(
 }
 
 async fn handle(inputs: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
-    let Some(dst) = inputs.original_dst(&client) else {
+    // A dual-stack listener (shared mode) names IPv4 peers and destinations `::ffff:a.b.c.d`.
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let peer = canonical(peer);
+    let Some(dst) = inputs.original_dst(&client).map(canonical) else {
         return reset(client);
     };
     let state = inputs.state.snapshot();

@@ -10,7 +10,7 @@ use crate::netns::PodNetns;
 use crate::redirect::{OrigDstLookup, RedirectError, Redirector, netns_cookie};
 use crate::state::Workload;
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -193,10 +193,20 @@ impl Pods {
             "outbound",
             SocketAddr::from((Ipv4Addr::LOCALHOST, mesh_common::OUTBOUND_PORT)),
         )?;
-        let plaintext = listen(
-            "inbound plaintext",
-            any(mesh_common::INBOUND_PLAINTEXT_PORT),
-        )?;
+        // Dual-stack, so that IPv6 inbound is captured too rather than refused by sk_lookup;
+        // IPv4 only where the namespace has no IPv6.
+        let plaintext = netns
+            .listen(
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, mesh_common::INBOUND_PLAINTEXT_PORT)),
+                mark,
+            )
+            .or_else(|e| {
+                tracing::warn!(pod = %w.uid, error = %e, "no IPv6 inbound listener: IPv6 connections to the pod will be refused");
+                listen(
+                    "inbound plaintext",
+                    any(mesh_common::INBOUND_PLAINTEXT_PORT),
+                )
+            })?;
         let hbone = listen("hbone", any(mesh_common::HBONE_PORT))?;
         self.redirector
             .enroll(cookie, &netns.file, &plaintext)

@@ -10,7 +10,8 @@
 //! while it restarts, and the next agent takes them over (the same maps, the same links now
 //! running its programs) instead of attaching a second copy. [`uninstall`] removes them.
 //! Without one, everything is detached when the [`Redirector`] is dropped. The per-namespace
-//! sk_lookup copies are never pinned: they end with the agent.
+//! sk_lookup copies' links are pinned too, so that inbound to an enrolled pod is refused, not
+//! let through, while no agent serves it; the next agent's copy replaces each.
 //!
 //! # Programs
 //! - Outbound capture (attached once, to a cgroup): `mesh_connect4/6` rewrite an enrolled app's
@@ -353,8 +354,9 @@ impl Redirector {
         });
         if let Err(err) = inserted {
             if new {
+                // A pinned copy stays: without the listener it refuses inbound, as it should
+                // for a namespace that may still be captured outbound.
                 self.namespaces.remove(&cookie);
-                self.remove_netns_pin(cookie)?;
             }
             return Err(err);
         }
@@ -370,11 +372,11 @@ impl Redirector {
     /// fine.
     ///
     /// # Errors
-    /// If the `ENROLLED` map cannot be updated; the sk_lookup copy is dropped anyway.
+    /// If the `ENROLLED` map cannot be updated (a pinned copy then stays, refusing inbound), or
+    /// the pin cannot be removed.
     pub fn unenroll(&mut self, cookie: u64) -> Result<(), RedirectError> {
         let known = self.namespaces.remove(&cookie).is_some();
         self.inherited.remove(&cookie);
-        self.remove_netns_pin(cookie)?;
         let mut enrolled = self.enrolled()?;
         match enrolled.remove(&cookie) {
             Ok(()) => {}
@@ -387,6 +389,8 @@ impl Redirector {
                 ));
             }
         }
+        // After ENROLLED, so that a pin that cannot be removed leaves nothing captured.
+        self.remove_netns_pin(cookie)?;
         if known {
             tracing::debug!(cookie, "network namespace unenrolled");
         }

@@ -8,10 +8,10 @@ use std::{
 use aya::maps::{HashMap, MapData};
 use mesh_common::{AF_INET, AF_INET6, OrigDst, TupleKey};
 
-/// Reads `ORIG_DST_BY_TUPLE`: where an accepted, redirected connection was going, keyed by the
-/// pod's namespace and the accepted socket's peer (the app socket's local address). This works
-/// whatever cgroup the agent itself is in; `SO_ORIGINAL_DST` (answered by `mesh_getsockopt`)
-/// needs the agent's sockets inside the watched cgroup.
+/// Takes from `ORIG_DST_BY_TUPLE` where an accepted, redirected connection was going, keyed
+/// by the pod's namespace and the accepted socket's peer (the app socket's local address).
+/// This works whatever cgroup the agent itself is in; `SO_ORIGINAL_DST` (answered by
+/// `mesh_getsockopt`) needs the agent's sockets inside the watched cgroup.
 #[derive(Clone)]
 pub struct OrigDstLookup(Arc<Mutex<HashMap<MapData, TupleKey, OrigDst>>>);
 

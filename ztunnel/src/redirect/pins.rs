@@ -308,8 +308,9 @@ impl PinDir {
     }
 }
 
-/// Detaches and removes everything in the pin folder `path` (links first, the capture first
-/// among them; then maps, the cgroup record, anything else, the folder). Returns one line per
+/// Detaches and removes everything in the pin folder `path` (the cgroup links first, the
+/// capture first among them; then maps, the namespaces' sk_lookup links, the cgroup record,
+/// anything else, the folder). Returns one line per
 /// thing removed; a folder that does not exist gives one line saying so.
 ///
 /// # Errors

@@ -36,7 +36,7 @@ use super::{RedirectError, config_map, logs::LogReader, object::Object, program_
 const LOG_RING_BYTES: u32 = 4096;
 
 /// An enrolled namespace's copy of the object, with `mesh_sk_lookup` loaded and attached to the
-/// namespace. Dropping it detaches the program.
+/// namespace. Dropping it detaches the program, unless its link is pinned.
 pub(super) struct Namespace {
     /// The copy; owns the sk_lookup link unless it is pinned.
     ebpf: Ebpf,
@@ -104,33 +104,32 @@ impl Namespace {
         Ok(namespace)
     }
 
-    /// Pins the link `id` at `pin`. An earlier agent's copy pinned there is detached first:
-    /// run before this one, it would refuse every connection (its listener is gone).
+    /// Pins the link `id` at `pin`, in place of an earlier agent's copy pinned there, which
+    /// that detaches (the kernel runs both until then; a socket this copy selects wins over
+    /// the old copy's refusal). Pinned beside it first and then renamed over it, so that the
+    /// namespace never has neither: if pinning fails, the old copy stays.
     fn pin(&mut self, id: SkLookupLinkId, pin: &Path) -> Result<PinnedLink, RedirectError> {
         let link: FdLink = program_mut::<SkLookup>(&mut self.ebpf, programs::SK_LOOKUP)?
             .take_link(id)
             .map_err(|err| RedirectError::program(programs::SK_LOOKUP, "taking the link", err))?
             .into();
-        match std::fs::remove_file(pin) {
-            Ok(()) => {
-                tracing::debug!(pin = %pin.display(), "replaced an earlier agent's sk_lookup copy")
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => {
-                return Err(RedirectError::pin(
-                    pin,
-                    "removing an earlier agent's sk_lookup link",
-                    err,
-                ));
-            }
-        }
-        link.pin(pin).map_err(|err| {
+        // bpffs refuses names with a dot.
+        let mut fresh = pin.as_os_str().to_owned();
+        fresh.push("-new");
+        let fresh = std::path::PathBuf::from(fresh);
+        let _ = std::fs::remove_file(&fresh);
+        let pinned = link.pin(&fresh).map_err(|err| {
             RedirectError::link(
                 programs::SK_LOOKUP,
-                format!("pinning at {}", pin.display()),
+                format!("pinning at {}", fresh.display()),
                 io::Error::other(err.to_string()),
             )
-        })
+        })?;
+        std::fs::rename(&fresh, pin).map_err(|err| {
+            let _ = std::fs::remove_file(&fresh);
+            RedirectError::pin(pin, format!("renaming {} to it", fresh.display()), err)
+        })?;
+        Ok(pinned)
     }
 
     /// Puts `inbound` in `INBOUND_LISTENER` slot 0 (IPv4), and also in slot 1 (IPv6) when it is
