@@ -107,46 +107,61 @@ impl Running {
         let drain_rx = serving.drain_signal();
         let ready = serving.ready.clone();
         let tasks = &mut serving.tasks;
-        tasks.spawn(serve_hbone(
-            wp.clone(),
-            certs.clone(),
-            tls,
-            hbone,
-            drain_rx.clone(),
-        ));
+        tasks.spawn(
+            "HBONE listener",
+            serve_hbone(wp.clone(), certs.clone(), tls, hbone, drain_rx.clone()),
+        );
         let m = metrics.clone();
-        tasks.spawn(ztunnel::admin::serve(
-            "metrics",
-            metrics_l,
-            drain_rx.clone(),
-            ztunnel::admin::metrics_handler(move || m.encode()),
-        ));
-        tasks.spawn(ztunnel::admin::serve(
-            "readiness",
-            readiness_l,
-            drain_rx.clone(),
-            ztunnel::admin::readiness_handler(ready.clone()),
-        ));
-        tasks.spawn(ztunnel::admin::serve(
-            "admin",
-            admin_l,
-            drain_rx.clone(),
-            admin_handler(wp.clone()),
-        ));
-        tasks.spawn(ztunnel::discovery::local::watch(
-            wp.cfg.local_xds_path.clone(),
-            defaults,
-            state,
-            wp.cfg.reload_interval,
-        ));
-        tasks.spawn(rules_watch::watch(
-            wp.cfg.config_dir.clone(),
-            wp.cfg.gateway.clone(),
-            rules,
-            wp.cfg.reload_interval,
-        ));
-        tasks.spawn(ztunnel::app::renew_certificates(certs));
-        tasks.spawn(ztunnel::memory::trim_periodically());
+        tasks.spawn(
+            "metrics server",
+            ztunnel::admin::serve(
+                "metrics",
+                metrics_l,
+                drain_rx.clone(),
+                ztunnel::admin::metrics_handler(move || m.encode()),
+            ),
+        );
+        tasks.spawn(
+            "readiness server",
+            ztunnel::admin::serve(
+                "readiness",
+                readiness_l,
+                drain_rx.clone(),
+                ztunnel::admin::readiness_handler(ready.clone()),
+            ),
+        );
+        tasks.spawn(
+            "admin server",
+            ztunnel::admin::serve(
+                "admin",
+                admin_l,
+                drain_rx.clone(),
+                admin_handler(wp.clone()),
+            ),
+        );
+        tasks.spawn(
+            "local config watch",
+            ztunnel::discovery::local::watch(
+                wp.cfg.local_xds_path.clone(),
+                defaults,
+                state,
+                wp.cfg.reload_interval,
+            ),
+        );
+        tasks.spawn(
+            "rules watch",
+            rules_watch::watch(
+                wp.cfg.config_dir.clone(),
+                wp.cfg.gateway.clone(),
+                rules,
+                wp.cfg.reload_interval,
+            ),
+        );
+        tasks.spawn(
+            "certificate renewal",
+            ztunnel::app::renew_certificates(certs),
+        );
+        tasks.spawn("memory trim", ztunnel::memory::trim_periodically());
         ready.store(true, Ordering::Relaxed);
         tracing::info!(identity = %wp.identity, gateway = %wp.cfg.gateway, "waypoint ready");
         Ok(Running {

@@ -27,7 +27,25 @@ pub struct Agent {
 pub struct Serving {
     drain: tokio::sync::watch::Sender<bool>,
     pub ready: Arc<AtomicBool>,
-    pub tasks: JoinSet<()>,
+    pub tasks: Tasks,
+}
+
+/// The tasks that serve until drained, by name, so that one ending early can be named.
+#[derive(Default)]
+pub struct Tasks {
+    set: JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Tasks {
+    /// Runs `task` (called `name` in errors) until it ends or the process drains.
+    pub fn spawn<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let id = self.set.spawn(task).id();
+        self.names.insert(id, name);
+    }
 }
 
 impl Default for Serving {
@@ -35,7 +53,7 @@ impl Default for Serving {
         Self {
             drain: tokio::sync::watch::channel(false).0,
             ready: Arc::new(AtomicBool::new(false)),
-            tasks: JoinSet::new(),
+            tasks: Tasks::default(),
         }
     }
 }
@@ -55,10 +73,17 @@ impl Serving {
     pub async fn until_stopped(&mut self) -> anyhow::Result<()> {
         tokio::select! {
             r = until_signalled() => Ok(r?),
-            Some(ended) = self.tasks.join_next() => Err(match ended {
-                Err(e) if e.is_panic() => anyhow::anyhow!("a serving task panicked: {e}"),
-                _ => anyhow::anyhow!("a serving task ended unexpectedly"),
-            }),
+            Some(ended) = self.tasks.set.join_next_with_id() => {
+                let id = match &ended {
+                    Ok((id, ())) => *id,
+                    Err(e) => e.id(),
+                };
+                let name = self.tasks.names.get(&id).copied().unwrap_or("a serving task");
+                Err(match ended {
+                    Err(e) if e.is_panic() => anyhow::anyhow!("{name} panicked: {e}"),
+                    _ => anyhow::anyhow!("{name} ended unexpectedly"),
+                })
+            }
         }
     }
 
@@ -75,7 +100,7 @@ impl Serving {
         {
             tracing::warn!("drain timed out; closing the remaining connections");
         }
-        self.tasks.abort_all();
+        self.tasks.set.abort_all();
     }
 }
 
@@ -130,23 +155,23 @@ impl Agent {
                     Some(a) => Some(proxy::bind("socks5", a).await?),
                     None => None,
                 };
-                tasks.spawn(proxy::outbound::serve(
-                    inputs.clone(),
-                    outbound,
-                    drain_rx.clone(),
-                ));
-                tasks.spawn(proxy::inbound_passthrough::serve(
-                    inputs.clone(),
-                    plaintext,
-                    drain_rx.clone(),
-                ));
-                tasks.spawn(proxy::inbound::serve(
-                    inputs.clone(),
-                    hbone,
-                    drain_rx.clone(),
-                ));
+                tasks.spawn(
+                    "outbound listener",
+                    proxy::outbound::serve(inputs.clone(), outbound, drain_rx.clone()),
+                );
+                tasks.spawn(
+                    "inbound plaintext listener",
+                    proxy::inbound_passthrough::serve(inputs.clone(), plaintext, drain_rx.clone()),
+                );
+                tasks.spawn(
+                    "HBONE listener",
+                    proxy::inbound::serve(inputs.clone(), hbone, drain_rx.clone()),
+                );
                 if let Some(s) = socks5 {
-                    tasks.spawn(proxy::socks5::serve(inputs.clone(), s, drain_rx.clone()));
+                    tasks.spawn(
+                        "SOCKS5 listener",
+                        proxy::socks5::serve(inputs.clone(), s, drain_rx.clone()),
+                    );
                 }
             }
             ProxyMode::Shared => {
@@ -168,41 +193,56 @@ impl Agent {
                 })?;
                 let pods =
                     Pods::new(inputs.clone(), redirector).context("reading the eBPF maps")?;
-                tasks.spawn(pods.run(drain_rx.clone(), ebpf_log_level_rx));
+                tasks.spawn(
+                    "pod enrollment",
+                    pods.run(drain_rx.clone(), ebpf_log_level_rx),
+                );
             }
         }
         let admin_l = proxy::bind("admin", l.admin).await?;
         let metrics_l = proxy::bind("metrics", l.metrics).await?;
         let readiness_l = proxy::bind("readiness", l.readiness).await?;
-        tasks.spawn(admin::serve(
-            "admin",
-            admin_l,
-            drain_rx.clone(),
-            admin::admin_handler(
-                inputs.clone(),
-                (cfg.proxy_mode == ProxyMode::Shared).then_some(ebpf_log_level),
+        tasks.spawn(
+            "admin server",
+            admin::serve(
+                "admin",
+                admin_l,
+                drain_rx.clone(),
+                admin::admin_handler(
+                    inputs.clone(),
+                    (cfg.proxy_mode == ProxyMode::Shared).then_some(ebpf_log_level),
+                ),
             ),
-        ));
-        tasks.spawn(admin::serve(
-            "metrics",
-            metrics_l,
-            drain_rx.clone(),
-            admin::metrics_handler(move || metrics.encode()),
-        ));
-        tasks.spawn(admin::serve(
-            "readiness",
-            readiness_l,
-            drain_rx.clone(),
-            admin::readiness_handler(ready.clone()),
-        ));
-        tasks.spawn(local::watch(
-            cfg.local_xds_path.clone(),
-            defaults,
-            state,
-            cfg.reload_interval,
-        ));
-        tasks.spawn(renew_certificates(certs));
-        tasks.spawn(crate::memory::trim_periodically());
+        );
+        tasks.spawn(
+            "metrics server",
+            admin::serve(
+                "metrics",
+                metrics_l,
+                drain_rx.clone(),
+                admin::metrics_handler(move || metrics.encode()),
+            ),
+        );
+        tasks.spawn(
+            "readiness server",
+            admin::serve(
+                "readiness",
+                readiness_l,
+                drain_rx.clone(),
+                admin::readiness_handler(ready.clone()),
+            ),
+        );
+        tasks.spawn(
+            "local config watch",
+            local::watch(
+                cfg.local_xds_path.clone(),
+                defaults,
+                state,
+                cfg.reload_interval,
+            ),
+        );
+        tasks.spawn("certificate renewal", renew_certificates(certs));
+        tasks.spawn("memory trim", crate::memory::trim_periodically());
         ready.store(true, Ordering::Relaxed);
         tracing::info!(
             mode = ?cfg.proxy_mode,
@@ -240,5 +280,27 @@ pub async fn renew_certificates(certs: Arc<CertManager>) {
             .unwrap_or(Duration::from_secs(60))
             .clamp(Duration::from_secs(1), Duration::from_secs(3600));
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A serving task that panics or returns stops the process, and is named.
+    #[tokio::test]
+    async fn a_serving_task_that_ends_stops_serving_and_is_named() {
+        let mut serving = Serving::default();
+        serving.tasks.spawn("forever", std::future::pending());
+        serving
+            .tasks
+            .spawn("config watch", async { panic!("bad state") });
+        let e = serving.until_stopped().await.unwrap_err().to_string();
+        assert!(e.starts_with("config watch panicked"), "{e}");
+
+        let mut serving = Serving::default();
+        serving.tasks.spawn("listener", async {});
+        let e = serving.until_stopped().await.unwrap_err().to_string();
+        assert_eq!(e, "listener ended unexpectedly");
     }
 }
