@@ -63,13 +63,7 @@ impl Pods {
         let mut changes = self.base.state.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         self = self.reconciled().await;
-        // Namespaces an earlier agent left enrolled and this one did not enroll again, but not
-        // those of pods it still serves whose enrollment failed this once: they stay captured
-        // (refused, not bypassed) until a later attempt succeeds.
-        let keep = self.wanted_cookies();
-        if let Err(e) = self.redirector.remove_stale(&keep) {
-            tracing::error!(error = %e, "removing stale enrolled namespaces");
-        }
+        self.remove_stale();
         loop {
             tokio::select! {
                 _ = changes.changed() => {}
@@ -84,6 +78,9 @@ impl Pods {
                 }
             }
             self = self.reconciled().await;
+            if self.redirector.has_inherited() {
+                self.remove_stale();
+            }
         }
         // Draining: stop accepting in every pod, then wait for the pods' open connections
         // (each holds a receiver of its pod's channel). The agent's drain timeout bounds this,
@@ -109,6 +106,16 @@ impl Pods {
         {
             Ok(this) => this,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Removes the namespaces an earlier agent left enrolled and this one did not enroll
+    /// again, but not those of pods it still serves whose enrollment failed this time: they
+    /// stay captured (refused, not bypassed) until an attempt succeeds or the pod goes.
+    fn remove_stale(&mut self) {
+        let keep = self.wanted_cookies();
+        if let Err(e) = self.redirector.remove_stale(&keep) {
+            tracing::error!(error = %e, "removing stale enrolled namespaces");
         }
     }
 

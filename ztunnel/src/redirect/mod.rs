@@ -400,9 +400,11 @@ impl Redirector {
     /// Removes from `ENROLLED` the namespaces that an earlier agent left there (found in the
     /// pinned map at load) and that have not been enrolled again since: their pods are gone,
     /// or no longer served here, and their captured connections would find no listener. Call
-    /// it once, after enrolling the pods this agent serves; `keep` names namespaces to leave
-    /// as they are (pods still served whose enrollment failed this time). Logs and returns
-    /// the cookies removed.
+    /// it after enrolling the pods this agent serves, and again while [`has_inherited`]
+    /// (`keep` names namespaces to leave as they are: pods still served whose enrollment
+    /// failed this time). Logs and returns the cookies removed.
+    ///
+    /// [`has_inherited`]: Redirector::has_inherited
     ///
     /// # Errors
     /// If the `ENROLLED` map cannot be updated; the cookies not yet removed are kept for a
@@ -442,6 +444,12 @@ impl Redirector {
             }
         }
         Ok(stale)
+    }
+
+    /// Whether namespaces an earlier agent enrolled are still waiting for this one to enroll
+    /// them or to remove them (see [`Redirector::remove_stale`]).
+    pub fn has_inherited(&self) -> bool {
+        !self.inherited.is_empty()
     }
 
     /// A shareable reader of the original destinations (see [`OrigDstLookup`]). Call once.
