@@ -278,11 +278,30 @@ pub struct RequestInfo {
     pub detail: Option<String>,
 }
 
+/// The response flags in the order Envoy prints them (so that `UF,URX` is one label value
+/// whatever happened first); flags not listed go last.
+const FLAG_ORDER: [&str; 12] = [
+    "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "DC", "URX",
+];
+
 impl RequestInfo {
+    /// Adds the response flag `f`, keeping Envoy's order.
     pub fn flag(&mut self, f: &'static str) {
-        if !self.flags.contains(&f) {
-            self.flags.push(f);
+        if self.flags.contains(&f) {
+            return;
         }
+        let rank = |f: &str| {
+            FLAG_ORDER
+                .iter()
+                .position(|o| *o == f)
+                .unwrap_or(FLAG_ORDER.len())
+        };
+        let at = self
+            .flags
+            .iter()
+            .position(|g| rank(g) > rank(f))
+            .unwrap_or(self.flags.len());
+        self.flags.insert(at, f);
     }
 
     fn flags(&self) -> String {
@@ -470,6 +489,16 @@ mod tests {
             })
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum()
+    }
+
+    #[test]
+    fn response_flags_are_in_envoys_order_whatever_came_first() {
+        let mut info = RequestInfo::default();
+        for f in ["URX", "UF", "URX", "DI"] {
+            info.flag(f);
+        }
+        assert_eq!(info.flags(), "UF,DI,URX");
+        assert_eq!(RequestInfo::default().flags(), "-");
     }
 
     #[test]

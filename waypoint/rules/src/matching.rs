@@ -13,11 +13,26 @@ impl Rules {
     /// waypoint Gateway's when the service has none. `None`: no route (Gateway API answers
     /// 404).
     pub fn route(&self, service: &ObjectRef, req: &RequestView<'_>) -> Option<&RouteEntry> {
-        let entries = match self.routes.get(service) {
+        self.entries(service)
+            .iter()
+            .find(|e| e.matcher.matches(req))
+    }
+
+    /// Whether any route applies to `service` on `port`: when none does, its requests take
+    /// the service's default route, as Envoy's waypoint falls back to passthrough for a port
+    /// no route names; when one does and none matches, the answer is 404.
+    pub fn has_routes(&self, service: &ObjectRef, port: u16) -> bool {
+        self.entries(service)
+            .iter()
+            .any(|e| e.matcher.port.is_none_or(|p| p == port))
+    }
+
+    /// The service's own routes, else the waypoint Gateway's.
+    fn entries(&self, service: &ObjectRef) -> &[RouteEntry] {
+        match self.routes.get(service) {
             Some(entries) if !entries.is_empty() => entries,
             _ => &self.gateway_routes,
-        };
-        entries.iter().find(|e| e.matcher.matches(req))
+        }
     }
 }
 

@@ -4,16 +4,29 @@ use http::header::HOST;
 use http::{HeaderMap, HeaderValue, Uri};
 use waypoint_rules::{HeaderOps, PathRewrite, Redirect, Rewrite};
 
-/// Applies set, then add, then remove, as Gateway API orders them.
+/// Applies remove, then set, then add, in the order Envoy (so Istio, for both
+/// VirtualService `headers` and Gateway API modifiers) applies them.
 pub fn apply_headers(ops: &HeaderOps, headers: &mut HeaderMap) {
+    for name in &ops.remove {
+        headers.remove(name);
+    }
     for (name, value) in &ops.set {
         headers.insert(name.clone(), value.clone());
     }
     for (name, value) in &ops.add {
         headers.append(name.clone(), value.clone());
     }
-    for name in &ops.remove {
-        headers.remove(name);
+}
+
+/// The `Host` of a mirrored request: `-shadow` after the host name, before any port, as
+/// Envoy appends it (`reviews:9080` is mirrored as `reviews-shadow:9080`).
+pub fn shadow_host(host: &str) -> String {
+    match host.parse::<http::uri::Authority>() {
+        Ok(a) => match a.port() {
+            Some(port) => format!("{}-shadow:{port}", a.host()),
+            None => format!("{}-shadow", a.host()),
+        },
+        Err(_) => format!("{host}-shadow"),
     }
 }
 
@@ -121,6 +134,22 @@ mod tests {
         assert_eq!(h["x-a"], "new");
         assert_eq!(h["x-b"], "1");
         assert!(!h.contains_key("x-gone"));
+
+        // Removed first, as Envoy does: a header both removed and set ends up set.
+        let ops = HeaderOps {
+            set: vec![("x-a".parse().unwrap(), HeaderValue::from_static("b"))],
+            add: vec![],
+            remove: vec!["x-a".parse().unwrap()],
+        };
+        apply_headers(&ops, &mut h);
+        assert_eq!(h["x-a"], "b");
+    }
+
+    #[test]
+    fn a_mirrored_host_gets_shadow_before_its_port() {
+        assert_eq!(shadow_host("reviews:9080"), "reviews-shadow:9080");
+        assert_eq!(shadow_host("reviews"), "reviews-shadow");
+        assert_eq!(shadow_host("10.0.0.1:80"), "10.0.0.1-shadow:80");
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub fn mirror(
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
     {
-        let shadow = format!("{h}-shadow");
+        let shadow = super::filters::shadow_host(h);
         if let Ok(v) = http::HeaderValue::from_str(&shadow) {
             parts.headers.insert(http::header::HOST, v);
         }

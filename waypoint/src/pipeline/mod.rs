@@ -233,7 +233,7 @@ fn admit(
             detail: denied.to_string(),
         });
     }
-    let has_routes = rules.routes.contains_key(&tunnel.target) || !rules.gateway_routes.is_empty();
+    let has_routes = rules.has_routes(&tunnel.target, view.port);
     match rules.route(&tunnel.target, view) {
         Some(entry) => Ok(entry.rule.clone()),
         None if has_routes => Err(Refusal {
@@ -467,6 +467,27 @@ spec:
         assert_eq!(decide(&rules, &mut p), None);
         let mut p = parts(Method::GET, "/v1/other");
         assert_eq!(decide(&rules, &mut p), Some(StatusCode::NOT_FOUND));
+    }
+
+    /// A route for another port of the service leaves this port on the default route
+    /// (Envoy's passthrough), not 404.
+    #[test]
+    fn a_port_no_route_names_takes_the_default_route() {
+        let rules = rules(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: app}
+spec:
+  parentRefs: [{kind: Service, group: "", name: reviews, port: 8080}]
+  rules:
+  - matches: [{path: {type: Exact, value: /only}}]
+    backendRefs: [{name: reviews, port: 8080}]
+"#,
+        );
+        // The tunnel is to port 9080.
+        let mut p = parts(Method::GET, "/other");
+        assert_eq!(decide(&rules, &mut p), None);
     }
 
     #[test]

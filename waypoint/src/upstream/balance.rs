@@ -107,8 +107,9 @@ impl EndpointSet {
         }
     }
 
-    /// Picks one of `candidates`, avoiding ejected endpoints (unless all are) and, for a
-    /// retry, the ones already tried (unless nothing else is left).
+    /// Picks one of `candidates`, never an ejected one, and for a retry not one already tried
+    /// (unless nothing else is left). `None` when every endpoint is ejected: Istio sets
+    /// Envoy's panic threshold to 0 with outlier detection, so that is 503 `UH`.
     pub fn pick(
         &self,
         candidates: &[Endpoint],
@@ -120,11 +121,10 @@ impl EndpointSet {
             .iter()
             .filter(|e| !e.stats.ejected(now))
             .collect();
-        let pool: Vec<&Endpoint> = if healthy.is_empty() {
-            candidates.iter().collect()
-        } else {
-            healthy
-        };
+        if healthy.is_empty() {
+            return None;
+        }
+        let pool = healthy;
         let fresh: Vec<&Endpoint> = pool
             .iter()
             .copied()
@@ -158,7 +158,8 @@ impl EndpointSet {
     /// Ejects the endpoint after `consecutive_5xx` failures in a row, for
     /// `base_ejection_time` times the number of its ejections, capped (see
     /// [`ejection_time`]), unless that would eject more than `max_ejection_percent` of
-    /// `candidates` (one ejection is always allowed, as in Envoy).
+    /// `candidates`, counting this one (as Envoy: with the default 10 %, fewer than ten
+    /// endpoints eject none). `consecutive5xxErrors: 0` turns it off, as in Istio.
     pub fn report(
         &self,
         ep: &Endpoint,
@@ -166,7 +167,9 @@ impl EndpointSet {
         detection: Option<&OutlierDetection>,
         candidates: &[Endpoint],
     ) {
-        let Some(d) = detection else { return };
+        let Some(d) = detection.filter(|d| d.consecutive_5xx > 0) else {
+            return;
+        };
         let now = Instant::now();
         let ejected = candidates.iter().filter(|e| e.stats.ejected(now)).count();
         let mut o = ep.stats.outlier.lock().unwrap_or_else(|p| p.into_inner());
@@ -175,9 +178,8 @@ impl EndpointSet {
             return;
         }
         o.consecutive_5xx += 1;
-        let allowed = ejected == 0
-            || (ejected + 1) * 100 <= candidates.len() * d.max_ejection_percent as usize;
-        if o.consecutive_5xx >= d.consecutive_5xx.max(1)
+        let allowed = (ejected + 1) * 100 <= candidates.len() * d.max_ejection_percent as usize;
+        if o.consecutive_5xx >= d.consecutive_5xx
             && o.ejected_until.is_none_or(|t| t <= now)
             && allowed
         {
@@ -275,6 +277,32 @@ mod tests {
                 .unwrap();
             assert_eq!(e.addr, eps[1].addr);
         }
+    }
+
+    /// Envoy's rule: this ejection must keep the ejected share within the maximum, so with
+    /// Istio's default 10 % two endpoints eject none; 0 errors turns detection off; with
+    /// every endpoint ejected nothing is picked (503 `UH`), none is used anyway.
+    #[test]
+    fn ejection_follows_envoys_limits() {
+        let detection = |consecutive_5xx, max_ejection_percent| OutlierDetection {
+            consecutive_5xx,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent,
+        };
+        for d in [detection(1, 10), detection(0, 100)] {
+            let set = EndpointSet::default();
+            let eps = endpoints(&set, 2);
+            for _ in 0..5 {
+                set.report(&eps[0], true, Some(&d), &eps);
+            }
+            assert!(!eps[0].stats.ejected(Instant::now()), "{d:?}");
+        }
+        let set = EndpointSet::default();
+        let eps = endpoints(&set, 1);
+        set.report(&eps[0], true, Some(&detection(1, 100)), &eps);
+        assert!(eps[0].stats.ejected(Instant::now()));
+        assert!(set.pick(&eps, LoadBalancer::RoundRobin, &[]).is_none());
     }
 
     #[test]

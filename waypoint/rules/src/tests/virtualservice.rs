@@ -367,3 +367,26 @@ fn a_service_takes_httproutes_or_one_virtual_service() {
         }
     }
 }
+
+/// Istio applies a fault only to the `percentage` given: without one, never.
+#[test]
+fn a_fault_without_percentage_is_never_applied() {
+    let rules = load(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: app}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+    fault: {delay: {fixedDelay: 1s}, abort: {httpStatus: 503}}
+"#,
+    );
+    let entry = rules
+        .route(&reviews(), &Req::get("/").view())
+        .expect("route");
+    let fault = entry.rule.fault.as_ref().expect("fault");
+    assert_eq!(fault.delay.as_ref().map(|d| d.percent), Some(0.0));
+    assert_eq!(fault.abort.as_ref().map(|a| a.percent), Some(0.0));
+}

@@ -41,14 +41,21 @@ struct AbortSpec {
     percentage: Option<Percent>,
 }
 
+/// A fault without `percentage` is never applied, as Istio translates it (its reference:
+/// "if left unspecified, no request will be delayed/aborted"); said at load, since it is easy
+/// to write by mistake.
 pub(super) fn fault(f: &FaultInjection, at: &str) -> FieldResult<Fault> {
+    let unspecified = |what: &str| {
+        tracing::warn!(field = %format!("{at}.{what}.percentage"), "fault without percentage: never applied, as in Istio");
+        0.0
+    };
     let delay = match &f.delay {
         None => None,
         Some(d) => {
             let p = match (&d.percentage, d.percent) {
                 (Some(p), _) => p.value,
                 (None, Some(p)) => f64::from(p),
-                (None, None) => 100.0,
+                (None, None) => unspecified("delay"),
             };
             Some(Delay {
                 fixed: d.fixed_delay.0,
@@ -61,7 +68,9 @@ pub(super) fn fault(f: &FaultInjection, at: &str) -> FieldResult<Fault> {
         Some(a) => Some(Abort {
             status: status_code(a.http_status, &format!("{at}.abort.httpStatus"))?,
             percent: percent(
-                a.percentage.as_ref().map_or(100.0, |p| p.value),
+                a.percentage
+                    .as_ref()
+                    .map_or_else(|| unspecified("abort"), |p| p.value),
                 &format!("{at}.abort.percentage.value"),
             )?,
         }),
