@@ -160,12 +160,14 @@ fn traffic_policy(t: &TrafficPolicySpec) -> FieldResult<TrafficPolicy> {
     let pool = t.connection_pool.as_ref();
     let tcp = pool.and_then(|p| p.tcp.as_ref());
     let http = pool.and_then(|p| p.http.as_ref());
+    // Istio: a limit of 0 is no limit, as an absent one (it takes only values above 0).
+    let limit = |v: Option<u32>| v.filter(|v| *v > 0);
     let connection_pool = ConnectionPool {
-        max_connections: tcp.and_then(|t| t.max_connections),
+        max_connections: limit(tcp.and_then(|t| t.max_connections)),
         connect_timeout: tcp.and_then(|t| t.connect_timeout).map(|d| d.0),
-        max_pending_requests: http.and_then(|h| h.http1_max_pending_requests),
-        max_requests: http.and_then(|h| h.http2_max_requests),
-        max_requests_per_connection: http.and_then(|h| h.max_requests_per_connection),
+        max_pending_requests: limit(http.and_then(|h| h.http1_max_pending_requests)),
+        max_requests: limit(http.and_then(|h| h.http2_max_requests)),
+        max_requests_per_connection: limit(http.and_then(|h| h.max_requests_per_connection)),
     };
     let outlier = match &t.outlier_detection {
         None => None,

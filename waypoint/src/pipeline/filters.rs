@@ -93,13 +93,22 @@ pub fn apply_rewrite(rw: &Rewrite, uri: &mut Uri, headers: &mut HeaderMap) {
 /// The `Location` of a redirect for a request to `host` (without port) and `uri`.
 pub fn redirect_location(r: &Redirect, host: &str, uri: &Uri) -> String {
     let scheme = r.scheme.as_deref().unwrap_or("http");
-    let host = r.hostname.as_deref().unwrap_or(host);
+    // `host` is the request's, perhaps with a port.
+    let (req_host, req_port) = match host.parse::<http::uri::Authority>() {
+        Ok(a) => (a.host().to_owned(), a.port_u16()),
+        Err(_) => (host.to_owned(), None),
+    };
     let port = match r.port {
         Some(80) if scheme == "http" => String::new(),
         Some(443) if scheme == "https" => String::new(),
         Some(p) => format!(":{p}"),
+        // Only the path changes: the request's port stays, as Envoy keeps the Host.
+        None if r.hostname.is_none() && r.scheme.is_none() => {
+            req_port.map(|p| format!(":{p}")).unwrap_or_default()
+        }
         None => String::new(),
     };
+    let host = r.hostname.as_deref().unwrap_or(&req_host);
     let path = r
         .path
         .as_ref()
@@ -163,8 +172,24 @@ mod tests {
         };
         let uri: Uri = "/old?x=1".parse().unwrap();
         assert_eq!(
-            redirect_location(&r, "reviews", &uri),
+            redirect_location(&r, "reviews:9080", &uri),
             "https://example.com/new?x=1"
+        );
+        // Only the path: the request's host and port stay.
+        let r = Redirect {
+            scheme: None,
+            hostname: None,
+            path: Some(PathRewrite::Full("/new".into())),
+            port: None,
+            status: 301,
+        };
+        assert_eq!(
+            redirect_location(&r, "reviews:9080", &uri),
+            "http://reviews:9080/new?x=1"
+        );
+        assert_eq!(
+            redirect_location(&r, "reviews", &uri),
+            "http://reviews/new?x=1"
         );
     }
 }

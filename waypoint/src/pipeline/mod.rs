@@ -70,8 +70,7 @@ pub async fn handle(
 
     let backends = match &rule.action {
         Action::Redirect(r) => {
-            let bare_host = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
-            let location = filters::redirect_location(r, bare_host, &parts.uri);
+            let location = filters::redirect_location(r, &host, &parts.uri);
             let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             return local(record, status, "", Some(location));
         }

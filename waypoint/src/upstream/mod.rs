@@ -27,9 +27,10 @@ struct Breaker {
 #[derive(Default)]
 pub struct Breakers(Mutex<HashMap<ObjectRef, Arc<Breaker>>>);
 
-/// Envoy's defaults when a DestinationRule sets no limit.
-const DEFAULT_MAX_REQUESTS: u32 = 1024;
-const DEFAULT_MAX_PENDING: u32 = 1024;
+/// Istio's thresholds where a DestinationRule sets none: no limit (`MaxUint32`), not
+/// Envoy's 1024.
+const DEFAULT_MAX_REQUESTS: u32 = u32::MAX;
+const DEFAULT_MAX_PENDING: u32 = u32::MAX;
 
 /// Held while a request is in flight to a service.
 pub struct Admission {

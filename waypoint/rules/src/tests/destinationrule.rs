@@ -148,3 +148,23 @@ fn two_rules_for_one_host_conflict() {
         "{err}"
     );
 }
+
+/// Istio reads a connection-pool limit of 0 as no limit.
+#[test]
+fn a_limit_of_zero_is_no_limit() {
+    let rules = load(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: app}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 0}
+      http: {http1MaxPendingRequests: 0, http2MaxRequests: 0, maxRequestsPerConnection: 0}
+"#,
+    );
+    let policy = &rules.traffic[&ObjectRef::new("app", "reviews")];
+    assert_eq!(policy.connection_pool, ConnectionPool::default());
+}
