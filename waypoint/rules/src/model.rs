@@ -178,8 +178,16 @@ pub struct Rewrite {
 #[derive(Clone, Debug)]
 pub enum PathRewrite {
     Full(String),
-    /// Replace the matched prefix (the rule's `PathPrefix`/`prefix`) with this.
+    /// Replace the matched prefix (the rule's `PathPrefix`) with this, on whole path
+    /// elements (Gateway API `ReplacePrefixMatch`).
     Prefix {
+        matched: String,
+        replacement: String,
+    },
+    /// Replace the matched prefix (the rule's `prefix`) with this as a plain string, as
+    /// Envoy's `prefix_rewrite` does for a VirtualService `rewrite.uri`: prefix `/api`,
+    /// rewrite `/`, gives `//users` for `/api/users`, as in Istio.
+    Literal {
         matched: String,
         replacement: String,
     },

@@ -55,6 +55,13 @@ fn rewritten_path(rule: &PathRewrite, path: &str) -> String {
             matched,
             replacement,
         } => replace_prefix(path, matched, replacement),
+        PathRewrite::Literal {
+            matched,
+            replacement,
+        } => match path.strip_prefix(matched.as_str()) {
+            Some(rest) => format!("{replacement}{rest}"),
+            None => path.to_owned(),
+        },
     }
 }
 
@@ -127,6 +134,33 @@ mod tests {
         assert_eq!(replace_prefix("/v1/users", "/v1", "/"), "/users");
         assert_eq!(replace_prefix("/v1", "/v1", "/"), "/");
         assert_eq!(replace_prefix("/v1/", "/v1/", "/api"), "/api/");
+    }
+
+    /// A VirtualService `rewrite.uri` replaces the matched prefix as a string, as Envoy's
+    /// `prefix_rewrite` (the cases of Istio's own documentation and its known surprises).
+    #[test]
+    fn a_literal_prefix_rewrite_is_envoys() {
+        let literal = |matched: &str, replacement: &str| PathRewrite::Literal {
+            matched: matched.into(),
+            replacement: replacement.into(),
+        };
+        for (rule, path, want) in [
+            (
+                literal("/ratings", "/v1/bookRatings"),
+                "/ratings/2",
+                "/v1/bookRatings/2",
+            ),
+            (
+                literal("/ratings", "/v1/bookRatings"),
+                "/ratingsfoo",
+                "/v1/bookRatingsfoo",
+            ),
+            (literal("/api", "/"), "/api/users", "//users"),
+            (literal("/api/", "/"), "/api/users", "/users"),
+            (literal("/", "/v2"), "/users", "/v2users"),
+        ] {
+            assert_eq!(rewritten_path(&rule, path), want, "{rule:?} {path}");
+        }
     }
 
     #[test]

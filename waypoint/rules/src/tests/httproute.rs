@@ -276,7 +276,7 @@ spec:
                 matched,
                 replacement,
             } => Some((matched.clone(), replacement.clone())),
-            PathRewrite::Full(_) => None,
+            PathRewrite::Full(_) | PathRewrite::Literal { .. } => None,
         })
         .collect();
     assert_eq!(

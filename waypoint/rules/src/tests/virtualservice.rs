@@ -193,7 +193,7 @@ spec:
     let rewrite = entries[0].rule.rewrite.as_ref().expect("rewrite");
     assert_eq!(rewrite.hostname.as_deref(), Some("new.app"));
     assert!(
-        matches!(&rewrite.path, Some(PathRewrite::Prefix { matched, replacement }) if matched == "/v1/" && replacement == "/v2/")
+        matches!(&rewrite.path, Some(PathRewrite::Literal { matched, replacement }) if matched == "/v1/" && replacement == "/v2/")
     );
     assert!(
         matches!(&entries[1].rule.rewrite.as_ref().and_then(|r| r.path.clone()), Some(PathRewrite::Full(p)) if p == "/v2/")

@@ -177,11 +177,11 @@ fn specialize(
         return Ok(template.clone());
     };
     let path = match matcher.and_then(|m| m.path.as_ref()) {
-        None => PathRewrite::Prefix {
+        None => PathRewrite::Literal {
             matched: "/".into(),
             replacement: uri.clone(),
         },
-        Some(PathMatch::Prefix(p) | PathMatch::SegmentPrefix(p)) => PathRewrite::Prefix {
+        Some(PathMatch::Prefix(p) | PathMatch::SegmentPrefix(p)) => PathRewrite::Literal {
             matched: p.clone(),
             replacement: uri.clone(),
         },
