@@ -285,16 +285,18 @@ fn route_rule(
             format!("{backend:?} is longer than timeouts.request ({request:?})"),
         ));
     }
-    let retry = match &rule.retry {
-        Some(retry) => Some(retry_policy(
-            retry,
-            &format!("{at}.retry"),
-            per_try_timeout,
-        )?),
-        None => per_try_timeout.map(|t| RetryPolicy {
-            per_try_timeout: Some(t),
-            ..RetryPolicy::istio_default()
-        }),
+    // As Istio translates it: with a `retry`, `backendRequest` bounds each attempt; without
+    // one it is the route's timeout (in place of `request`), over Istio's default retries.
+    let (retry, timeout) = match &rule.retry {
+        Some(retry) => (
+            Some(retry_policy(
+                retry,
+                &format!("{at}.retry"),
+                per_try_timeout,
+            )?),
+            timeout,
+        ),
+        None => (None, per_try_timeout.or(timeout)),
     };
     Ok(RouteRule {
         name: format!("HTTPRoute {} {}", cx.object, at.trim_start_matches("spec.")),
@@ -369,9 +371,11 @@ fn retry_policy(
         .backoff
         .and_then(GatewayDuration::nonzero)
         .unwrap_or(RetryPolicy::DEFAULT_BACKOFF_BASE);
+    let attempts = retry.attempts.unwrap_or(DEFAULT_ATTEMPTS);
     Ok(RetryPolicy {
-        attempts: retry.attempts.unwrap_or(DEFAULT_ATTEMPTS),
-        per_try_timeout,
+        attempts,
+        // No retries, no retry policy at all in Istio: the per-try timeout goes with it.
+        per_try_timeout: per_try_timeout.filter(|_| attempts > 0),
         // Istio also retries connection failures and refused streams for HTTPRoutes.
         on: RetryOn {
             connect_failure: true,

@@ -1,5 +1,5 @@
 use super::{Req, field_error, load};
-use crate::{Action, ObjectRef, PathMatch, PathRewrite, RetryPolicy, Rules};
+use crate::{Action, ObjectRef, PathMatch, PathRewrite, Rules};
 use http::Method;
 use std::time::Duration;
 
@@ -103,7 +103,7 @@ fn parses_a_service_route() {
 }
 
 #[test]
-fn backend_request_timeout_without_retry_keeps_istio_default_retries() {
+fn backend_request_timeout_without_retry_is_the_route_timeout_as_istio_makes_it() {
     let rules = load(
         r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -114,17 +114,16 @@ spec:
   rules:
   - backendRefs: [{name: reviews, port: 9080}]
     timeouts: {request: 0s, backendRequest: 500ms}
+  - backendRefs: [{name: reviews, port: 9080}]
+    timeouts: {request: 10s, backendRequest: 2s}
 "#,
     );
-    let rule = &rules.routes[&reviews()][0].rule;
-    assert_eq!(rule.timeout, None, "0s means no timeout");
-    assert_eq!(
-        rule.retry,
-        Some(RetryPolicy {
-            per_try_timeout: Some(Duration::from_millis(500)),
-            ..RetryPolicy::istio_default()
-        })
-    );
+    let entries = &rules.routes[&reviews()];
+    for entry in entries {
+        assert_eq!(entry.rule.retry, None, "Istio's default retries");
+    }
+    assert_eq!(entries[0].rule.timeout, Some(Duration::from_millis(500)));
+    assert_eq!(entries[1].rule.timeout, Some(Duration::from_secs(2)));
 }
 
 /// One route per document, attached to `reviews`, each rule with one match and a backend

@@ -390,3 +390,25 @@ spec:
     assert_eq!(fault.delay.as_ref().map(|d| d.percent), Some(0.0));
     assert_eq!(fault.abort.as_ref().map(|a| a.percent), Some(0.0));
 }
+
+/// `attempts: 0` is no retry policy at all in Istio, so its `perTryTimeout` does not apply.
+#[test]
+fn no_retries_means_no_per_try_timeout() {
+    let rules = load(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: app}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+    retries: {attempts: 0, perTryTimeout: 1s}
+"#,
+    );
+    let entry = rules
+        .route(&reviews(), &Req::get("/").view())
+        .expect("route");
+    let retry = entry.rule.retry.as_ref().expect("retry");
+    assert_eq!((retry.attempts, retry.per_try_timeout), (0, None));
+}

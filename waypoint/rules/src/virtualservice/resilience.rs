@@ -85,9 +85,14 @@ pub(super) fn retry(r: &HttpRetry, at: &str) -> FieldResult<RetryPolicy> {
         .backoff
         .and_then(IstioDuration::nonzero)
         .unwrap_or(default.backoff_base);
+    let attempts = r.attempts.unwrap_or(0);
     Ok(RetryPolicy {
-        attempts: r.attempts.unwrap_or(0),
-        per_try_timeout: r.per_try_timeout.and_then(IstioDuration::nonzero),
+        attempts,
+        // No retries, no retry policy at all in Istio: `perTryTimeout` goes with it.
+        per_try_timeout: r
+            .per_try_timeout
+            .and_then(IstioDuration::nonzero)
+            .filter(|_| attempts > 0),
         on: match &r.retry_on {
             Some(list) => retry_on(list, &format!("{at}.retryOn"))?,
             None => default.on,
