@@ -233,12 +233,13 @@ pub async fn forward(
                 Some(name) => match traffic.subsets.get(name) {
                     Some(labels) => Some(labels),
                     None => {
-                        record.info.flag("NR");
+                        // Envoy: no such cluster (`NC`), an empty 503.
+                        record.info.flag("NC");
                         record.info.detail = Some(format!(
                             "subset {name} of {} is not defined by a DestinationRule",
                             backend.service
                         ));
-                        return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+                        return plain(StatusCode::SERVICE_UNAVAILABLE, "");
                     }
                 },
                 None => None,
@@ -260,9 +261,9 @@ pub async fn forward(
             )
         }
         None => {
-            record.info.flag("NR");
+            record.info.flag("NC");
             record.info.detail = Some(format!("backend service {} unknown", backend.service));
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "");
         }
     };
     let Some(_admission) = wp
