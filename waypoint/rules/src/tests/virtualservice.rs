@@ -368,25 +368,25 @@ fn a_service_takes_httproutes_or_one_virtual_service() {
     }
 }
 
-/// Istio applies a fault only to the `percentage` given: without one, never.
-#[test]
-fn a_fault_without_percentage_is_never_applied() {
-    let rules = load(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: app}
-spec:
-  hosts: [reviews]
-  http:
-  - route: [{destination: {host: reviews}}]
-    fault: {delay: {fixedDelay: 1s}, abort: {httpStatus: 503}}
-"#,
-    );
+/// The rule of the one `http` route of a VirtualService for reviews (`route`: its YAML,
+/// indented under `http:`).
+fn only_rule(route: &str) -> std::sync::Arc<crate::RouteRule> {
+    let rules = load(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: app}}\nspec:\n  hosts: [reviews]\n  http:\n{route}"
+    ));
     let entry = rules
         .route(&reviews(), &Req::get("/").view())
         .expect("route");
-    let fault = entry.rule.fault.as_ref().expect("fault");
+    entry.rule.clone()
+}
+
+/// Istio applies a fault only to the `percentage` given: without one, never.
+#[test]
+fn a_fault_without_percentage_is_never_applied() {
+    let rule = only_rule(
+        "  - route: [{destination: {host: reviews}}]\n    fault: {delay: {fixedDelay: 1s}, abort: {httpStatus: 503}}\n",
+    );
+    let fault = rule.fault.as_ref().expect("fault");
     assert_eq!(fault.delay.as_ref().map(|d| d.percent), Some(0.0));
     assert_eq!(fault.abort.as_ref().map(|a| a.percent), Some(0.0));
 }
@@ -394,21 +394,9 @@ spec:
 /// `attempts: 0` is no retry policy at all in Istio, so its `perTryTimeout` does not apply.
 #[test]
 fn no_retries_means_no_per_try_timeout() {
-    let rules = load(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: app}
-spec:
-  hosts: [reviews]
-  http:
-  - route: [{destination: {host: reviews}}]
-    retries: {attempts: 0, perTryTimeout: 1s}
-"#,
+    let rule = only_rule(
+        "  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 0, perTryTimeout: 1s}\n",
     );
-    let entry = rules
-        .route(&reviews(), &Req::get("/").view())
-        .expect("route");
-    let retry = entry.rule.retry.as_ref().expect("retry");
+    let retry = rule.retry.as_ref().expect("retry");
     assert_eq!((retry.attempts, retry.per_try_timeout), (0, None));
 }
