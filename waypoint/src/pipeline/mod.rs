@@ -182,9 +182,13 @@ fn canonicalize(parts: &mut Parts) -> Result<String, BadRequest> {
         if authority.contains('@') {
             return Err(BadRequest::UserInfo(authority.to_owned()));
         }
-        let value = HeaderValue::from_str(authority).map_err(|_| BadRequest::HostValue)?;
-        // `insert` drops every `Host` the client sent.
-        parts.headers.insert(http::header::HOST, value);
+        let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+        let already = matches!((hosts.next(), hosts.next()), (Some(h), None) if h == authority);
+        if !already {
+            let value = HeaderValue::from_str(authority).map_err(|_| BadRequest::HostValue)?;
+            // `insert` drops every `Host` the client sent.
+            parts.headers.insert(http::header::HOST, value);
+        }
     }
     let mut hosts = parts.headers.get_all(http::header::HOST).iter();
     match (hosts.next(), hosts.next()) {

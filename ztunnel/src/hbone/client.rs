@@ -120,6 +120,15 @@ impl Dialer {
             socket2::SockRef::from(&socket).set_mark(mark)?;
         }
         socket.set_nodelay(true)?;
+        self.connect(socket, addr).await
+    }
+
+    /// Connects `socket` (made by the caller) to `addr` within the dialer's connect timeout.
+    pub async fn connect(
+        &self,
+        socket: TcpSocket,
+        addr: SocketAddr,
+    ) -> Result<TcpStream, std::io::Error> {
         let connect = socket.connect(addr);
         match self.connect_timeout {
             Some(t) => tokio::time::timeout(t, connect).await.map_err(|_| {

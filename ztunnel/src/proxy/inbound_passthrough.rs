@@ -122,13 +122,7 @@ pub async fn connect_local(
     socket.set_nonblocking(true)?;
     socket.bind(&SocketAddr::new(src.ip(), 0).into())?;
     let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
-    // The same bound as the dialer's, not the kernel's minutes of SYN retries.
-    match inputs.dialer.connect_timeout {
-        Some(t) => tokio::time::timeout(t, socket.connect(dst))
-            .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-        None => socket.connect(dst).await,
-    }
+    inputs.dialer.connect(socket, dst).await
 }
 
 /// Copies between the client side and the workload until done, re-checking policy whenever

@@ -48,6 +48,14 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mesh";
 /// The sub-folder of the namespaces' sk_lookup links.
 const NETNS_DIR: &str = "netns";
 
+/// Where a new pin for `pin` is made before it is renamed over `pin` (bpffs refuses names
+/// with a dot). Not a cookie, so [`PinDir::netns_links`] skips it; `uninstall` removes it.
+pub(super) fn staging(pin: &Path) -> PathBuf {
+    let mut name = pin.as_os_str().to_owned();
+    name.push("-new");
+    PathBuf::from(name)
+}
+
 /// Where the agent mounts a bpf filesystem when none is mounted.
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 

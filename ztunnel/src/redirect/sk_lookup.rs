@@ -113,10 +113,7 @@ impl Namespace {
             .take_link(id)
             .map_err(|err| RedirectError::program(programs::SK_LOOKUP, "taking the link", err))?
             .into();
-        // bpffs refuses names with a dot.
-        let mut fresh = pin.as_os_str().to_owned();
-        fresh.push("-new");
-        let fresh = std::path::PathBuf::from(fresh);
+        let fresh = super::pins::staging(pin);
         let _ = std::fs::remove_file(&fresh);
         let pinned = link.pin(&fresh).map_err(|err| {
             RedirectError::link(
