@@ -66,6 +66,8 @@ fn curl_between_enrolled_pods_is_captured_and_carried_over_hbone() {
     );
     // getpeername() in the client gives the address it dialled, not the agent's listener.
     assert_eq!(peer, server.addr(8080).to_string());
+    // The app sees the client pod's address, not its own, as with Istio.
+    assert!(text.contains(&format!(", from {}:", client.ip)), "{text}");
 
     let (packets, raw) = capture.finish().unwrap();
     assert!(!packets.is_empty(), "nothing crossed between the nodes");
@@ -117,6 +119,7 @@ fn unenrolled_pods_reach_and_are_reached_and_pods_reach_themselves() {
         .unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(body.contains("you asked for /from-other"), "{body}");
+    assert!(body.contains(&format!(", from {}:", other.ip)), "{body}");
     eventually(
         Duration::from_secs(5),
         "a plaintext inbound record on node 2",
@@ -149,6 +152,63 @@ fn unenrolled_pods_reach_and_are_reached_and_pods_reach_themselves() {
         .unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(body.contains("you asked for /self"), "{body}");
+    assert!(body.contains(&format!(", from {}:", server.ip)), "{body}");
+}
+
+/// What the agent set up in a pod's namespace to keep clients' addresses: the IPv4 and IPv6
+/// rules, the local route of table 133 and `tcp_fwmark_accept`, as `ip` and `/proc` show them.
+fn orig_src_setup(ns: &mesh_tests::NetNs) -> (String, String, String, String) {
+    let run = |args: &[&str]| {
+        let out = ns.command(args[0]).args(&args[1..]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    (
+        run(&["ip", "-4", "rule"]),
+        run(&["ip", "-6", "rule"]),
+        run(&["ip", "-4", "route", "show", "table", "133"]),
+        run(&["cat", "/proc/sys/net/ipv4/tcp_fwmark_accept"]),
+    )
+}
+
+#[test]
+fn a_pods_namespace_is_set_up_to_keep_clients_addresses_and_unenrolling_undoes_it() {
+    let c = cluster();
+    let (other, server) = (c.pod("other"), c.pod("server"));
+    let (_web, _a1, a2, url) = serving(&c);
+    let (rule4, rule6, route, accept) = orig_src_setup(&server.ns);
+    assert!(rule4.contains("fwmark 0x111 lookup 133"), "{rule4}");
+    assert!(rule6.contains("fwmark 0x111 lookup 133"), "{rule6}");
+    assert!(route.contains("local default dev lo"), "{route}");
+    assert_eq!(accept, "1");
+
+    // Unenroll the server pod: its entry loses `netns`.
+    let path = c.config_path();
+    let config = std::fs::read_to_string(&path).unwrap();
+    let netns_line = format!("  netns: {}\n", server.ns.path().display());
+    assert!(config.contains(&netns_line));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, config.replace(&netns_line, "")).unwrap();
+    std::fs::rename(tmp, &path).unwrap();
+    let (rule4, rule6, route, accept) = eventually(
+        Duration::from_secs(5),
+        "the server pod's namespace restored",
+        || {
+            let now = orig_src_setup(&server.ns);
+            (!now.0.contains("lookup 133")).then_some(now)
+        },
+    );
+    assert!(
+        !rule6.contains("lookup 133"),
+        "{rule6}\n{}",
+        a2.process.log()
+    );
+    assert!(!rule4.contains("lookup 133") && route.is_empty(), "{route}");
+    assert_eq!(accept, "0");
+
+    // Not captured any more: the unenrolled client reaches the app directly.
+    let (code, body, err) = c.curl(other, &[&url]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(body.contains(&format!(", from {}:", other.ip)), "{body}");
 }
 
 #[test]

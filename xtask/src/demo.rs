@@ -186,7 +186,7 @@ pub fn run() -> anyhow::Result<()> {
         (
             client,
             server.addr(8080),
-            "enrolled -> enrolled: captured, HBONE across the nodes",
+            "enrolled -> enrolled: captured, HBONE across the nodes; the app sees the client pod's address",
         ),
         (
             client,

@@ -46,10 +46,11 @@ pub struct Args {
     /// SOCKS5 listener on 127.0.0.1:15080 (default off).
     #[arg(long, env = "UNSTABLE_ENABLE_SOCKS5", value_parser = BoolishValueParser::new(), default_value = "false")]
     pub enable_socks5: bool,
-    /// Connect to local workloads from the original client's address (needs
-    /// IP_TRANSPARENT routing; default off).
-    #[arg(long, env = "ENABLE_ORIG_SRC", value_parser = BoolishValueParser::new(), default_value = "false")]
-    pub enable_orig_src: bool,
+    /// Connect to local workloads from the original client's address. Default: on in shared
+    /// mode (the agent sets up each pod's namespace for it), off in dedicated mode (where the
+    /// node's routing must bring the replies back, as for Istio's TPROXY).
+    #[arg(long, env = "ENABLE_ORIG_SRC", value_parser = BoolishValueParser::new())]
+    pub enable_orig_src: Option<bool>,
     /// Folder in Istio's plug-in CA layout: ca-cert.pem, ca-key.pem, root-cert.pem,
     /// cert-chain.pem.
     #[arg(long, env = "LOCAL_CA_DIR")]
@@ -317,6 +318,15 @@ impl TryFrom<Args> for Config {
                 "0 (no mark) in shared mode: the redirection tells the agent's own sockets by their mark, and would send them back to the agent",
             ));
         }
+        if a.packet_mark == mesh_common::ORIG_SRC_MARK {
+            return Err(err(
+                "PACKET_MARK",
+                format!(
+                    "{:#x}: that mark routes replies to the clients' addresses back to the agent; choose another",
+                    mesh_common::ORIG_SRC_MARK
+                ),
+            ));
+        }
         if a.trust_domain.is_empty() || a.trust_domain.contains('/') {
             return Err(err(
                 "TRUST_DOMAIN",
@@ -333,7 +343,7 @@ impl TryFrom<Args> for Config {
             network: a.network,
             packet_mark: (a.packet_mark != 0).then_some(a.packet_mark),
             worker_threads,
-            enable_orig_src: a.enable_orig_src,
+            enable_orig_src: a.enable_orig_src.unwrap_or(proxy_mode == ProxyMode::Shared),
             local_ca_dir,
             secret_ttl,
             drain_timeout,
@@ -384,6 +394,20 @@ mod tests {
         assert_eq!(c.workload_info.unwrap().service_account, "sa");
         assert_eq!(c.secret_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.packet_mark, Some(1337));
+        assert!(!c.enable_orig_src);
+    }
+
+    #[test]
+    fn clients_addresses_are_kept_by_default_in_shared_mode_only() {
+        let shared = ["--proxy-mode=shared", "--node-name=n1"];
+        let mut flags = OK.to_vec();
+        flags.extend(shared);
+        assert!(config(&flags).unwrap().enable_orig_src);
+        flags.push("--enable-orig-src=false");
+        assert!(!config(&flags).unwrap().enable_orig_src);
+        let mut flags = OK.to_vec();
+        flags.push("--enable-orig-src=true");
+        assert!(config(&flags).unwrap().enable_orig_src);
     }
 
     #[test]
@@ -436,6 +460,11 @@ mod tests {
             e.starts_with("PACKET_MARK") && e.contains("shared mode"),
             "{e}"
         );
+
+        let mut flags = OK.to_vec();
+        flags.push("--packet-mark=273");
+        let e = config(&flags).unwrap_err().to_string();
+        assert!(e.starts_with("PACKET_MARK") && e.contains("0x111"), "{e}");
 
         let mut flags = OK.to_vec();
         flags.push("--xds-address=istiod:15012");

@@ -23,6 +23,7 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod netns;
+pub mod orig_src;
 pub mod proxy;
 pub mod rbac;
 pub mod redirect;

@@ -21,6 +21,15 @@
 /// Istio's value, 1337.
 pub const DEFAULT_PACKET_MARK: u32 = 0x539;
 
+/// The mark on the agent's connections to a pod's app from the client's address (shared mode):
+/// the app's accepted socket takes it from the SYN (`tcp_fwmark_accept`), and a rule in the
+/// pod's namespace routes what carries it back to the agent ([`ORIG_SRC_ROUTE_TABLE`]). Never
+/// redirected, like the agent's own mark. Istio's in-pod value, 0x111.
+pub const ORIG_SRC_MARK: u32 = 0x111;
+/// The routing table, in each enrolled pod's namespace, that delivers [`ORIG_SRC_MARK`]ed
+/// packets locally. Istio's in-pod table, 133.
+pub const ORIG_SRC_ROUTE_TABLE: u32 = 133;
+
 /// Outbound capture listener: connections an enrolled app makes arrive here.
 pub const OUTBOUND_PORT: u16 = 15001;
 /// Inbound plaintext listener: connections from clients outside the mesh.

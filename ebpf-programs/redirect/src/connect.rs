@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use mesh_common::{OrigDst, config};
+use mesh_common::{ORIG_SRC_MARK, OrigDst, config};
 
 use crate::{
     maps::{ENROLLED, ORIG_DST_BY_COOKIE},
@@ -42,7 +42,7 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
 }
 
 /// The checks shared by both families: an enrolled netns, a TCP socket, not one of the
-/// agent's (by mark). Returns the destination port (host order) if the connection may be
+/// agent's (by either of its marks). Returns the destination port (host order) if the connection may be
 /// captured, judged on everything but the address.
 ///
 /// # Safety
@@ -64,7 +64,7 @@ unsafe fn capturable(ctx: &SockAddrContext, sa: *mut bpf_sock_addr) -> Option<u1
             return None;
         }
         let mark = ctx_load_u32(&raw const (*sk).mark);
-        if mark == agent_mark() {
+        if mark == agent_mark() || mark == ORIG_SRC_MARK {
             return None;
         }
         let port = u16::from_be(ctx_load_u32(&raw const (*sa).user_port) as u16);

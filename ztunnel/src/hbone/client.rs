@@ -123,8 +123,29 @@ impl Dialer {
         self.connect(socket, addr).await
     }
 
-    /// Connects `socket` (made by the caller) to `addr` within the dialer's connect timeout.
-    pub async fn connect(
+    /// Opens a TCP connection to `addr` from `src`, an address that need not be ours (the
+    /// original client's), with `mark` set; see [`crate::orig_src`].
+    pub async fn dial_from(
+        &self,
+        addr: SocketAddr,
+        src: SocketAddr,
+        mark: Option<u32>,
+    ) -> Result<TcpStream, std::io::Error> {
+        let socket = self.socket(addr).await?;
+        let s = socket2::SockRef::from(&socket);
+        crate::orig_src::prepare(&s, src, mark)?;
+        if self.netns.is_some() {
+            // In a pod, `mesh_sk_lookup` leaves alone only what arrives on `lo`; a connection
+            // to the pod's own address from a foreign one is otherwise taken for an
+            // outsider's and steered back to the agent.
+            s.bind_device(Some(b"lo"))?;
+        }
+        socket.set_nodelay(true)?;
+        self.connect(socket, addr).await
+    }
+
+    /// Connects `socket` to `addr` within the dialer's connect timeout.
+    async fn connect(
         &self,
         socket: TcpSocket,
         addr: SocketAddr,

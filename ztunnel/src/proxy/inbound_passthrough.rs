@@ -92,37 +92,35 @@ async fn handle(inputs: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAdd
     }
 }
 
-/// Connects to a local workload at `dst`, from the original client's address when
-/// `ENABLE_ORIG_SRC` is set.
+/// Connects to a local workload at `dst`, from the original client's address `src` when
+/// `ENABLE_ORIG_SRC` is on (the default in shared mode, where the pod's namespace was set up
+/// for it; in dedicated mode the node's routing must bring the replies back).
 pub async fn connect_local(
     inputs: &ProxyInputs,
     src: SocketAddr,
     dst: SocketAddr,
 ) -> std::io::Result<TcpStream> {
-    // In a pod's namespace (shared mode) the dialer already connects from the pod.
-    if !inputs.cfg.enable_orig_src
-        || src.is_ipv4() != dst.is_ipv4()
-        || inputs.dialer.netns.is_some()
-    {
+    if !inputs.cfg.enable_orig_src || src.is_ipv4() != dst.is_ipv4() {
         return inputs.dialer.dial(dst).await;
     }
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(dst),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    if let Some(mark) = inputs.cfg.packet_mark {
-        socket.set_mark(mark)?;
+    match (&inputs.dialer.netns, &inputs.orig_src) {
+        // A pod calling itself: its own address is the source anyway (and a socket kept to
+        // `lo` would not take replies routed by the pod's own address).
+        (Some(_), Some(installed)) if installed.covers(dst) && src.ip() != dst.ip() => {
+            inputs
+                .dialer
+                .dial_from(dst, src, Some(mesh_common::ORIG_SRC_MARK))
+                .await
+        }
+        // A pod whose namespace could not be set up: from the pod's own address.
+        (Some(_), _) => inputs.dialer.dial(dst).await,
+        (None, _) => {
+            inputs
+                .dialer
+                .dial_from(dst, src, inputs.cfg.packet_mark)
+                .await
+        }
     }
-    // IP_TRANSPARENT lets us bind the client's address; IPv4 only for now.
-    if !dst.is_ipv4() {
-        return inputs.dialer.dial(dst).await;
-    }
-    socket.set_ip_transparent(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&SocketAddr::new(src.ip(), 0).into())?;
-    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
-    inputs.dialer.connect(socket, dst).await
 }
 
 /// Copies between the client side and the workload until done, re-checking policy whenever

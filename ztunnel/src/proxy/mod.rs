@@ -33,6 +33,8 @@ pub struct ProxyInputs {
     pub pod: Option<String>,
     /// Shared mode: the pod's netns cookie and the eBPF record of original destinations.
     pub orig_dst: Option<(u64, crate::redirect::OrigDstLookup)>,
+    /// Shared mode: how the pod's namespace was set up to keep clients' addresses, if it was.
+    pub orig_src: Option<crate::orig_src::Installed>,
 }
 
 impl ProxyInputs {
@@ -57,6 +59,7 @@ impl ProxyInputs {
             picker: Picker::default(),
             pod: None,
             orig_dst: None,
+            orig_src: None,
         })
     }
 
@@ -67,6 +70,7 @@ impl ProxyInputs {
         uid: &str,
         netns: Arc<crate::netns::PodNetns>,
         orig_dst: (u64, crate::redirect::OrigDstLookup),
+        orig_src: Option<crate::orig_src::Installed>,
     ) -> Arc<Self> {
         let dialer = Dialer {
             netns: Some(netns),
@@ -82,6 +86,7 @@ impl ProxyInputs {
             picker: Picker::default(),
             pod: Some(uid.to_owned()),
             orig_dst: Some(orig_dst),
+            orig_src,
         })
     }
 

@@ -7,6 +7,7 @@
 
 use super::ProxyInputs;
 use crate::netns::PodNetns;
+use crate::orig_src::{self, Installed};
 use crate::redirect::{OrigDstLookup, RedirectError, Redirector, netns_cookie};
 use crate::state::Workload;
 use std::collections::HashMap;
@@ -29,6 +30,8 @@ pub struct EnrollError {
 struct EnrolledPod {
     netns: Arc<PodNetns>,
     cookie: u64,
+    /// What was set up in the namespace to keep clients' addresses, to undo at unenrollment.
+    orig_src: Option<Installed>,
     /// Closing this stops the pod's listeners.
     stop: watch::Sender<bool>,
     _tasks: JoinSet<()>,
@@ -161,6 +164,12 @@ impl Pods {
                 if let Err(e) = self.redirector.unenroll(pod.cookie) {
                     tracing::error!(pod = %uid, error = %e, "unenrolling");
                 }
+                if let Some(installed) = pod.orig_src
+                    && pod.netns.still_exists()
+                    && let Err(e) = orig_src::remove(&pod.netns.file, installed)
+                {
+                    tracing::error!(pod = %uid, error = %e, "removing the rule that keeps clients' addresses");
+                }
                 tracing::info!(pod = %uid, "pod unenrolled");
             }
         }
@@ -226,9 +235,13 @@ impl Pods {
             tokio_listener(plaintext)?,
             tokio_listener(hbone)?,
         );
-        let inputs = self
-            .base
-            .for_pod(&w.uid, netns.clone(), (cookie, self.orig_dst.clone()));
+        let orig_src = self.keep_sources(w, &netns);
+        let inputs = self.base.for_pod(
+            &w.uid,
+            netns.clone(),
+            (cookie, self.orig_dst.clone()),
+            orig_src,
+        );
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(super::outbound::serve(
@@ -245,8 +258,23 @@ impl Pods {
         Ok(EnrolledPod {
             netns,
             cookie,
+            orig_src,
             stop,
             _tasks: tasks,
         })
+    }
+
+    /// Sets up the pod's namespace so that its app sees clients' own addresses, when
+    /// `ENABLE_ORIG_SRC` is on. A namespace that cannot be set up is reported and served
+    /// anyway, its app then seeing the pod's own address as the source.
+    fn keep_sources(&self, w: &Workload, netns: &PodNetns) -> Option<Installed> {
+        if !self.base.cfg.enable_orig_src {
+            return None;
+        }
+        orig_src::install(&netns.file)
+            .inspect_err(|e| {
+                tracing::warn!(pod = %w.uid, error = %e, "clients' addresses not kept: the app sees connections from the pod's own address");
+            })
+            .ok()
     }
 }
