@@ -9,7 +9,7 @@ use crate::cleanup::{self, Registration};
 use crate::netns::ip;
 use crate::{NetNs, Process, probe};
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -175,7 +175,7 @@ pub fn map_entries(pin: &Path) -> anyhow::Result<(usize, String)> {
 pub struct Node {
     pub name: String,
     pub ns: NetNs,
-    /// 10.20.<index>.0/24 is this node's pod network.
+    /// 10.20.<index>.0/24 and fd00:20:<index>::/64 are this node's pod network.
     pub index: u8,
 }
 
@@ -183,6 +183,7 @@ pub struct ClusterPod {
     pub name: String,
     pub node: usize,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub ns: NetNs,
     pub enrolled: bool,
 }
@@ -190,6 +191,10 @@ pub struct ClusterPod {
 impl ClusterPod {
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::from((self.ip, port))
+    }
+
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.ip6, port))
     }
 
     pub fn identity(&self) -> String {
@@ -253,10 +258,15 @@ impl Cluster {
                 "dev",
                 "br0",
             ])?;
+            add_addr6(&ns, &format!("fd00:20:{}::1/64", i + 1), "br0")?;
             ip(&["-n", ns.name(), "link", "set", "br0", "up"])?;
             let out = ns
                 .command("sysctl")
-                .args(["-qw", "net.ipv4.ip_forward=1"])
+                .args([
+                    "-qw",
+                    "net.ipv4.ip_forward=1",
+                    "net.ipv6.conf.all.forwarding=1",
+                ])
                 .output()?;
             anyhow::ensure!(
                 out.status.success(),
@@ -294,6 +304,23 @@ impl Cluster {
             "via",
             "10.30.0.1",
         ])?;
+        add_addr6(&nodes[0].ns, "fd00:30::1/64", &link.a_name)?;
+        add_addr6(&nodes[1].ns, "fd00:30::2/64", &link.b_name)?;
+        for (from, to, via) in [
+            (0, "fd00:20:2::/64", "fd00:30::2"),
+            (1, "fd00:20:1::/64", "fd00:30::1"),
+        ] {
+            ip(&[
+                "-n",
+                nodes[from].ns.name(),
+                "-6",
+                "route",
+                "add",
+                to,
+                "via",
+                via,
+            ])?;
+        }
         let node_link = link.a_name.clone();
 
         let mut cluster_pods = Vec::new();
@@ -301,6 +328,16 @@ impl Cluster {
             let n = &nodes[*node];
             let ns = NetNs::new("mp")?;
             let ip4 = Ipv4Addr::new(10, 20, n.index, 10 + k as u8);
+            let ip6 = Ipv6Addr::new(
+                0xfd00,
+                0x20,
+                u16::from(n.index),
+                0,
+                0,
+                0,
+                0,
+                0x10 + k as u16,
+            );
             let base = crate::unique("p");
             let (inside, outside) = (format!("{base}i"), format!("{base}o"));
             ip(&[
@@ -336,6 +373,7 @@ impl Cluster {
                 "dev",
                 &inside,
             ])?;
+            add_addr6(&ns, &format!("{ip6}/64"), &inside)?;
             ip(&["-n", ns.name(), "link", "set", &inside, "up"])?;
             ip(&[
                 "-n",
@@ -346,10 +384,21 @@ impl Cluster {
                 "via",
                 &format!("10.20.{}.1", n.index),
             ])?;
+            ip(&[
+                "-n",
+                ns.name(),
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:20:{}::1", n.index),
+            ])?;
             cluster_pods.push(ClusterPod {
                 name: name.to_string(),
                 node: *node,
                 ip: ip4,
+                ip6,
                 ns,
                 enrolled: *enrolled,
             });
@@ -408,9 +457,10 @@ impl Cluster {
             let waypoint = waypoints.contains(&p.name.as_str());
             writeln!(
                 y,
-                "- uid: Kubernetes//v1/Pod/default/{name}\n  name: {name}\n  namespace: default\n  trustDomain: cluster.local\n  serviceAccount: {name}\n  workloadIps: [\"{ip}\"]\n  protocol: {proto}\n  node: {node}\n  services: {{}}",
+                "- uid: Kubernetes//v1/Pod/default/{name}\n  name: {name}\n  namespace: default\n  trustDomain: cluster.local\n  serviceAccount: {name}\n  workloadIps: [\"{ip}\", \"{ip6}\"]\n  protocol: {proto}\n  node: {node}\n  services: {{}}",
                 name = p.name,
                 ip = p.ip,
+                ip6 = p.ip6,
                 proto = if p.enrolled || waypoint {
                     "HBONE"
                 } else {
@@ -581,4 +631,9 @@ impl NodeAgent {
         anyhow::ensure!(status == 200, "/metrics answered {status}");
         Ok(body)
     }
+}
+
+/// Adds an IPv6 address without duplicate address detection, so that it works at once.
+fn add_addr6(ns: &NetNs, addr: &str, dev: &str) -> anyhow::Result<()> {
+    ip(&["-n", ns.name(), "addr", "add", addr, "dev", dev, "nodad"])
 }

@@ -101,6 +101,70 @@ fn curl_between_enrolled_pods_is_captured_and_carried_over_hbone() {
 }
 
 #[test]
+fn ipv6_between_enrolled_pods_is_captured_and_carried_over_hbone() {
+    let c = cluster();
+    let (client, server) = (c.pod("client"), c.pod("server"));
+    let _web = HttpServer::start(&server.ns, server.addr6(8080)).unwrap();
+    let a1 = c.start_agent(0).unwrap();
+    let a2 = c.start_agent(1).unwrap();
+    let capture = Capture::start(&c.nodes[0].ns, &c.node_link, &c.dir).unwrap();
+
+    let url = format!("http://{}/v6", server.addr6(8080));
+    let (code, body, err) = c
+        .curl(client, &["-g", "-w", "\n%{remote_ip}", &url])
+        .unwrap();
+    assert_eq!(
+        code,
+        0,
+        "curl failed: {err}\n{}\n{}",
+        a1.process.log(),
+        a2.process.log()
+    );
+    let (text, peer) = body.rsplit_once('\n').unwrap();
+    // The app sees the client pod's IPv6 address; the client, the address it dialled.
+    assert!(
+        text.starts_with(&format!(
+            "hello from {}: you asked for /v6, from [{}]:",
+            server.addr6(8080),
+            client.ip6
+        )),
+        "{text}"
+    );
+    assert_eq!(peer, server.ip6.to_string());
+
+    let (packets, raw) = capture.finish().unwrap();
+    assert!(
+        packets.iter().any(|p| p.contains("IP6")),
+        "no IPv6 crossed between the nodes: {packets:?}"
+    );
+    for p in &packets {
+        assert!(
+            p.contains(".15008"),
+            "a packet between the nodes not on port 15008: {p}"
+        );
+    }
+    assert!(
+        !mesh_tests::probe::contains(&raw, b"hello from"),
+        "the response crossed in clear"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the client's principal in node 2's metrics",
+        || {
+            let m = a2.metrics(&c.nodes[1]).ok()?;
+            metric(
+                &m,
+                "istio_tcp_connections_opened_total",
+                &[
+                    r#"reporter="destination""#,
+                    &format!(r#"source_principal="{}""#, client.identity()),
+                ],
+            )
+        },
+    );
+}
+
+#[test]
 fn unenrolled_pods_reach_and_are_reached_and_pods_reach_themselves() {
     let c = cluster();
     let (client, other, server) = (c.pod("client"), c.pod("other"), c.pod("server"));

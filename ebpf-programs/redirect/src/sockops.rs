@@ -16,7 +16,7 @@ use mesh_common::TupleKey;
 use crate::{
     maps::{ORIG_DST_BY_COOKIE, ORIG_DST_BY_TUPLE},
     util::{
-        AF_INET, AF_INET6, LOOPBACK_V4_BE, V4_MAPPED_WORD2, ctx_load_u32, is_v4_mapped, mlog,
+        AF_INET, AF_INET6, LOOPBACK_V4_BE, LOOPBACK_V6_WORD3, V4_MAPPED_WORD2, ctx_load_u32, is_v4_mapped, mlog,
         outbound_port,
     },
 };
@@ -60,21 +60,28 @@ fn on_established(ctx: &SockOpsContext) {
     // refuses a load through a context pointer that LLVM shares between branches.
     let ops = ctx.ops;
     // SAFETY: readable 32-bit fields of the `bpf_sock_ops` context.
-    let (remote_port, remote_ip4, remote_ip6_2, remote_ip6_3) = unsafe {
+    let (remote_port, remote_ip4, remote_ip6) = unsafe {
         (
             ctx_load_u32(&raw const (*ops).remote_port),
             ctx_load_u32(&raw const (*ops).remote_ip4),
-            ctx_load_u32(&raw const (*ops).remote_ip6[2]),
-            ctx_load_u32(&raw const (*ops).remote_ip6[3]),
+            [
+                ctx_load_u32(&raw const (*ops).remote_ip6[0]),
+                ctx_load_u32(&raw const (*ops).remote_ip6[1]),
+                ctx_load_u32(&raw const (*ops).remote_ip6[2]),
+                ctx_load_u32(&raw const (*ops).remote_ip6[3]),
+            ],
         )
     };
     let remote_port = u16::from_be((remote_port >> 16) as u16);
     let family = ctx.family();
+    // The listener is 127.0.0.1 (also as `::ffff:127.0.0.1`) or `::1`.
     let to_listener = remote_port == outbound_port()
         && ((family == AF_INET && remote_ip4 == LOOPBACK_V4_BE)
             || (family == AF_INET6
-                && remote_ip6_2 == V4_MAPPED_WORD2
-                && remote_ip6_3 == LOOPBACK_V4_BE));
+                && remote_ip6[0] == 0
+                && remote_ip6[1] == 0
+                && ((remote_ip6[2] == V4_MAPPED_WORD2 && remote_ip6[3] == LOOPBACK_V4_BE)
+                    || (remote_ip6[2] == 0 && remote_ip6[3] == LOOPBACK_V6_WORD3))));
     if !to_listener {
         let _ = ORIG_DST_BY_COOKIE.remove(cookie);
         return;

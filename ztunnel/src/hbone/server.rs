@@ -126,12 +126,19 @@ where
     H: Fn(IncomingStream) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let peer = tcp.peer_addr().map_err(|source| ServeError::Tls {
-        peer: SocketAddr::from(([0, 0, 0, 0], 0)),
-        source,
-    })?;
+    // A dual-stack listener names IPv4 ends `::ffff:a.b.c.d`; policy, metrics and the
+    // authority check want them as IPv4.
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let peer = tcp
+        .peer_addr()
+        .map(canonical)
+        .map_err(|source| ServeError::Tls {
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
     let local = tcp
         .local_addr()
+        .map(canonical)
         .map_err(|source| ServeError::Tls { peer, source })?;
     let _ = tcp.set_nodelay(true);
     let handshake = async {

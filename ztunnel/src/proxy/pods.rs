@@ -1,9 +1,9 @@
 //! Shared mode: the agent serves every enrolled pod of its node. For each local workload of
 //! the state that names its network namespace (`netns`), the agent enrolls the namespace in
-//! the eBPF programs and serves the pod from listeners bound inside it (15001, 15006, 15008,
-//! all carrying the agent's mark); a pod that leaves the state, or whose namespace
-//! disappears, is unenrolled and its listeners closed. A pod that cannot be enrolled is
-//! reported and skipped; the others keep being served.
+//! the eBPF programs and serves the pod from listeners bound inside it (15001 on 127.0.0.1
+//! and `::1`, 15006 and 15008 dual-stack, all carrying the agent's mark); a pod that leaves
+//! the state, or whose namespace disappears, is unenrolled and its listeners closed. A pod
+//! that cannot be enrolled is reported and skipped; the others keep being served.
 
 use super::ProxyInputs;
 use crate::netns::PodNetns;
@@ -209,29 +209,38 @@ impl Pods {
             "outbound",
             SocketAddr::from((Ipv4Addr::LOCALHOST, mesh_common::OUTBOUND_PORT)),
         )?;
-        // Dual-stack, so that IPv6 inbound is captured too rather than refused by sk_lookup;
-        // IPv4 only where the namespace has no IPv6.
-        let plaintext = netns
+        // Where `mesh_connect6` sends native IPv6. Without it (a namespace without IPv6) the
+        // pod's IPv6 connections are refused, never let past the mesh.
+        let outbound6 = netns
             .listen(
-                SocketAddr::from((Ipv6Addr::UNSPECIFIED, mesh_common::INBOUND_PLAINTEXT_PORT)),
+                SocketAddr::from((Ipv6Addr::LOCALHOST, mesh_common::OUTBOUND_PORT)),
                 mark,
             )
-            .or_else(|e| {
-                tracing::warn!(pod = %w.uid, error = %e, "no IPv6 inbound listener: IPv6 connections to the pod will be refused");
-                listen(
-                    "inbound plaintext",
-                    any(mesh_common::INBOUND_PLAINTEXT_PORT),
-                )
-            })?;
-        let hbone = listen("hbone", any(mesh_common::HBONE_PORT))?;
+            .inspect_err(|e| {
+                tracing::warn!(pod = %w.uid, error = %e, "no IPv6 outbound listener: the pod's IPv6 connections will be refused");
+            })
+            .ok();
+        // Dual-stack, so that IPv6 inbound is captured too rather than refused by sk_lookup;
+        // IPv4 only where the namespace has no IPv6.
+        let dual_stack = |name: &str, port| {
+            netns
+                .listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), mark)
+                .or_else(|e| {
+                    tracing::warn!(pod = %w.uid, error = %e, "no IPv6 {name} listener: IPv6 connections to the pod will be refused");
+                    listen(name, any(port))
+                })
+        };
+        let plaintext = dual_stack("inbound plaintext", mesh_common::INBOUND_PLAINTEXT_PORT)?;
+        let hbone = dual_stack("hbone", mesh_common::HBONE_PORT)?;
         self.redirector
             .enroll(cookie, &netns.file, &plaintext)
             .map_err(|e| err(e.to_string()))?;
         let tokio_listener = |l: std::net::TcpListener| {
             tokio::net::TcpListener::from_std(l).map_err(|e| err(e.to_string()))
         };
-        let (outbound, plaintext, hbone) = (
+        let (outbound, outbound6, plaintext, hbone) = (
             tokio_listener(outbound)?,
+            outbound6.map(tokio_listener).transpose()?,
             tokio_listener(plaintext)?,
             tokio_listener(hbone)?,
         );
@@ -244,11 +253,13 @@ impl Pods {
         );
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(super::outbound::serve(
-            inputs.clone(),
-            outbound,
-            stopped.clone(),
-        ));
+        for outbound in std::iter::once(outbound).chain(outbound6) {
+            tasks.spawn(super::outbound::serve(
+                inputs.clone(),
+                outbound,
+                stopped.clone(),
+            ));
+        }
         tasks.spawn(super::inbound_passthrough::serve(
             inputs.clone(),
             plaintext,

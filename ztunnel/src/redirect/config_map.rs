@@ -16,7 +16,8 @@ pub(super) fn check_log_level(level: u32) -> Result<(), RedirectError> {
     Ok(())
 }
 
-/// Writes the mark, the outbound (15001) and inbound plaintext (15006) ports and the log level.
+/// Writes the mark, the outbound (15001) and inbound plaintext (15006) ports, the log level
+/// and the flags (native IPv6 captured).
 pub(super) fn write(ebpf: &mut Ebpf, mark: u32, log_level: u32) -> Result<(), RedirectError> {
     let slots = [
         (config::MARK, mark, "mark"),
@@ -31,6 +32,8 @@ pub(super) fn write(ebpf: &mut Ebpf, mark: u32, log_level: u32) -> Result<(), Re
             "inbound plaintext port",
         ),
         (config::LOG_LEVEL, log_level, "log level"),
+        // The agent listens on `[::1]:15001` in every pod that has IPv6.
+        (config::FLAGS, config::FLAG_REDIRECT_IPV6, "flags"),
     ];
     for (slot, value, what) in slots {
         set(ebpf, slot, value, what)?;
