@@ -32,6 +32,8 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /delay}}]
     timeouts: {request: 300ms}
     backendRefs: [{name: reviews-v1, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /gone}}]
+    backendRefs: [{name: reviews-gone, port: 9080}]
   - matches: [{path: {type: PathPrefix, value: /}}]
     filters:
     - type: RequestHeaderModifier
@@ -58,6 +60,8 @@ spec:
   - match: [{headers: {x-case: {exact: pertry}}}]
     retries: {attempts: 1, perTryTimeout: 150ms, retryOn: "5xx,reset"}
     route: [{destination: {host: ratings}}]
+  - match: [{headers: {x-case: {exact: gone}}}]
+    route: [{destination: {host: ratings-gone}}]
   - route: [{destination: {host: ratings}}]
 ---
 apiVersion: security.istio.io/v1
@@ -254,6 +258,14 @@ fn routes_split_faults_and_policy_as_configured() {
     let r = s.curl(&[&format!("http://{REVIEWS}/admin/users")]);
     assert_eq!(r[0].0, 403, "{}", s.logs());
 
+    // A backend service that does not exist: 500 through an HTTPRoute (the Gateway API's
+    // rule), an empty 503 through a VirtualService (Envoy's NC, no such cluster).
+    // No backend answers either (no `x-served-by`).
+    let r = s.curl(&[&format!("http://{REVIEWS}/gone")]);
+    assert_eq!((r[0].0, r[0].1.as_str()), (500, ""), "{}", s.logs());
+    let r = s.curl(&["-H", "x-case: gone", &format!("http://{RATINGS}/")]);
+    assert_eq!((r[0].0, r[0].1.as_str()), (503, ""), "{}", s.logs());
+
     // Istio's request metrics, reporter waypoint, with the client's principal.
     let m = eventually(Duration::from_secs(5), "waypoint metrics", || {
         let m = s.waypoint_metrics();
@@ -284,6 +296,15 @@ fn routes_split_faults_and_policy_as_configured() {
     assert_eq!(faults, aborted as f64, "{m}");
     let denied = metric(&m, "istio_requests_total", &["response_code=\"403\"", &src]);
     assert_eq!(denied, Some(1.0), "{m}");
+    for code in ["500", "503"] {
+        let code = format!("response_code=\"{code}\"");
+        let gone = metric(
+            &m,
+            "istio_requests_total",
+            &[&code, "response_flags=\"NC\"", &src],
+        );
+        assert_eq!(gone, Some(1.0), "{m}");
+    }
 
     // The destination agent saw the waypoint's identity, not the client's.
     let a2 = Cluster::metrics_in(&s.c.nodes[1].ns).unwrap();

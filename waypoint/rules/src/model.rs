@@ -160,6 +160,10 @@ pub struct WeightedBackend {
     /// DestinationRule subset name (VirtualService `destination.subset`).
     pub subset: Option<String>,
     pub weight: u32,
+    /// What a request sent here gets when the service does not exist: 500 for an HTTPRoute
+    /// (the Gateway API's rule for an unresolved `backendRef`), an empty 503 for a
+    /// VirtualService (Envoy's `NC`, no such cluster).
+    pub unresolved: http::StatusCode,
 }
 
 #[derive(Clone, Debug, Default)]

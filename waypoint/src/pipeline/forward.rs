@@ -263,7 +263,7 @@ pub async fn forward(
         None => {
             record.info.flag("NC");
             record.info.detail = Some(format!("backend service {} unknown", backend.service));
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "");
+            return plain(backend.unresolved, "");
         }
     };
     let Some(_admission) = wp

@@ -282,6 +282,7 @@ fn default_rule(tunnel: &Tunnel) -> RouteRule {
             port: None,
             subset: None,
             weight: 1,
+            unresolved: http::StatusCode::SERVICE_UNAVAILABLE,
         }]),
         request_headers: Default::default(),
         response_headers: Default::default(),

@@ -327,6 +327,7 @@ fn backends(refs: &[BackendRef], at: &str, cx: &Context<'_>) -> FieldResult<Vec<
             port: b.port,
             subset: None,
             weight: b.weight.unwrap_or(1),
+            unresolved: http::StatusCode::INTERNAL_SERVER_ERROR,
         });
     }
     some_weight(&out, format!("{at}.backendRefs"))?;

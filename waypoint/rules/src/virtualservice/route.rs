@@ -301,6 +301,7 @@ fn destinations(
             subset: d.subset.clone(),
             // A lone destination without a weight takes all the traffic.
             weight: r.weight.unwrap_or(if route.len() == 1 { 100 } else { 0 }),
+            unresolved: http::StatusCode::SERVICE_UNAVAILABLE,
         });
     }
     some_weight(&backends, format!("{at}.route"))?;
