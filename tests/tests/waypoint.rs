@@ -34,6 +34,12 @@ spec:
     backendRefs: [{name: reviews-v1, port: 9080}]
   - matches: [{path: {type: PathPrefix, value: /gone}}]
     backendRefs: [{name: reviews-gone, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 302}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: x-mesh, value: ambient}]}
   - matches: [{path: {type: PathPrefix, value: /}}]
     filters:
     - type: RequestHeaderModifier
@@ -257,6 +263,27 @@ fn routes_split_faults_and_policy_as_configured() {
     // L7 DENY on a path: 403 from the waypoint, the backend never asked.
     let r = s.curl(&[&format!("http://{REVIEWS}/admin/users")]);
     assert_eq!(r[0].0, 403, "{}", s.logs());
+
+    // A redirect from the waypoint itself, with the rule's response headers.
+    let (_, head, err) =
+        s.c.curl(
+            s.c.pod("client"),
+            &[
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                &format!("http://{REVIEWS}/old/page"),
+            ],
+        )
+        .unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 302"), "{head}{err}");
+    assert!(
+        head.contains(&format!("location: http://{REVIEWS}/new\r\n")),
+        "{head}"
+    );
+    assert!(head.contains("x-mesh: ambient\r\n"), "{head}");
 
     // A backend service that does not exist: 500 through an HTTPRoute (the Gateway API's
     // rule), an empty 503 through a VirtualService (Envoy's NC, no such cluster).

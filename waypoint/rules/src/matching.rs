@@ -78,14 +78,23 @@ impl StringMatch {
 }
 
 impl HeaderMatch {
-    /// Any of the header's values matches (names are case-insensitive by construction);
-    /// inverted for `withoutHeaders`.
+    /// The header's value matches; a repeated header is matched as its values joined with
+    /// `,` (RFC 9110 5.3), as Envoy does. Names are case-insensitive by construction; the
+    /// result is inverted for `withoutHeaders`.
     pub fn matches(&self, headers: &HeaderMap) -> bool {
-        let found = headers
-            .get_all(&self.name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| self.value.matches(v));
+        let mut values = headers.get_all(&self.name).iter();
+        let found = match (values.next(), values.next()) {
+            (None, _) => false,
+            (Some(one), None) => one.to_str().is_ok_and(|v| self.value.matches(v)),
+            (Some(first), Some(second)) => {
+                let all: Option<Vec<&str>> = [first, second]
+                    .into_iter()
+                    .chain(values)
+                    .map(|v| v.to_str().ok())
+                    .collect();
+                all.is_some_and(|all| self.value.matches(&all.join(",")))
+            }
+        };
         found != self.invert
     }
 }
@@ -142,16 +151,21 @@ mod tests {
     }
 
     #[test]
-    fn header_match_any_value_and_invert() {
+    fn a_repeated_header_matches_as_its_joined_values_and_invert() {
         let mut headers = HeaderMap::new();
         headers.append("x-user", "alice".parse().expect("value"));
         headers.append("x-user", "bob".parse().expect("value"));
         let m = HeaderMatch {
             name: "x-user".parse().expect("name"),
-            value: StringMatch::Exact("bob".into()),
+            value: StringMatch::Exact("alice,bob".into()),
             invert: false,
         };
         assert!(m.matches(&headers));
+        let one_of_them = HeaderMatch {
+            value: StringMatch::Exact("bob".into()),
+            ..m.clone()
+        };
+        assert!(!one_of_them.matches(&headers));
         let without = HeaderMatch {
             invert: true,
             ..m.clone()

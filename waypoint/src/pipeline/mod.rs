@@ -69,16 +69,16 @@ pub async fn handle(
     record.info.route = rule.name.clone();
 
     let backends = match &rule.action {
+        Action::Forward(b) => b,
         Action::Redirect(r) => {
             let location = filters::redirect_location(r, &host, &parts.uri);
             let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
-            return local(record, status, "", Some(location));
+            return answered_by_rule(record, &rule, status, Some(location));
         }
         Action::DirectResponse { status } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return local(record, status, "", None);
+            return answered_by_rule(record, &rule, status, None);
         }
-        Action::Forward(b) => b,
     };
 
     if let Some(fault) = &rule.fault {
@@ -345,6 +345,19 @@ pub fn local(
     if let Some(l) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
         r.headers_mut().insert(http::header::LOCATION, l);
     }
+    r
+}
+
+/// A redirect or direct response: it still gets the rule's response headers, as Envoy
+/// finalizes a direct-response route's headers.
+fn answered_by_rule(
+    record: RequestRecord,
+    rule: &RouteRule,
+    status: StatusCode,
+    location: Option<String>,
+) -> Response<Metered> {
+    let mut r = local(record, status, "", location);
+    filters::apply_headers(&rule.response_headers, r.headers_mut());
     r
 }
 
