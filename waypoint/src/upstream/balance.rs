@@ -156,7 +156,8 @@ impl EndpointSet {
 
     /// Records an attempt's outcome for outlier detection: `failed` is a 5xx or no response.
     /// Ejects the endpoint after `consecutive_5xx` failures in a row, for
-    /// `base_ejection_time` times the number of its ejections, capped (see
+    /// `base_ejection_time` times the number of its ejections (less one for each `interval`
+    /// it has since spent not ejected), capped (see
     /// [`ejection_time`]), unless that would eject more than `max_ejection_percent` of
     /// `candidates`, counting this one (as Envoy: with the default 10 %, fewer than ten
     /// endpoints eject none). `consecutive5xxErrors: 0` turns it off, as in Istio.
@@ -184,6 +185,17 @@ impl EndpointSet {
             && allowed
         {
             o.consecutive_5xx = 0;
+            // Envoy lowers the ejection multiplier by one at each interval that finds the
+            // endpoint not ejected: an endpoint healthy for long starts again from the base.
+            if let Some(until) = o.ejected_until
+                && !d.interval.is_zero()
+            {
+                let healthy = now.saturating_duration_since(until);
+                let intervals = healthy.as_nanos() / d.interval.as_nanos();
+                o.times_ejected = o
+                    .times_ejected
+                    .saturating_sub(u32::try_from(intervals).unwrap_or(u32::MAX));
+            }
             let (times, ejection) = ejection_time(d.base_ejection_time, o.times_ejected);
             o.times_ejected = times;
             // Checked: an ejection no `Instant` can hold is skipped rather than a panic.
@@ -332,6 +344,46 @@ mod tests {
         set.report(&eps[1], true, Some(&d), &eps);
         set.report(&eps[1], true, Some(&d), &eps);
         assert!(!eps[1].stats.ejected(Instant::now()));
+    }
+
+    #[test]
+    fn time_spent_healthy_lowers_the_next_ejection() {
+        let set = EndpointSet::default();
+        let eps = endpoints(&set, 1);
+        let d = OutlierDetection {
+            consecutive_5xx: 1,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 100,
+        };
+        let ejected_for = |ep: &Endpoint| {
+            let o = ep.stats.outlier.lock().unwrap();
+            o.ejected_until.unwrap() - Instant::now()
+        };
+        // Ejected three times before, the last ejection over 25 s ago: two intervals healthy,
+        // so this ejection counts as the second (60 s), not the fourth (120 s).
+        {
+            let mut o = eps[0].stats.outlier.lock().unwrap();
+            o.times_ejected = 3;
+            o.ejected_until = Some(Instant::now() - Duration::from_secs(25));
+        }
+        set.report(&eps[0], true, Some(&d), &eps);
+        let t = ejected_for(&eps[0]);
+        assert!(
+            t > Duration::from_secs(55) && t <= Duration::from_secs(60),
+            "{t:?}"
+        );
+        // Ejected again right after this one ends: no interval healthy, the multiplier grows.
+        {
+            let mut o = eps[0].stats.outlier.lock().unwrap();
+            o.ejected_until = Some(Instant::now());
+        }
+        set.report(&eps[0], true, Some(&d), &eps);
+        let t = ejected_for(&eps[0]);
+        assert!(
+            t > Duration::from_secs(85) && t <= Duration::from_secs(90),
+            "{t:?}"
+        );
     }
 
     #[test]
