@@ -307,3 +307,39 @@ fn sigterm_drains_open_connections_then_exits() {
         .expect("agent did not exit after draining");
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn bytes_show_in_the_metrics_while_the_connection_is_open() {
+    let t = Topology::new().unwrap();
+    let _echo = EchoServer::start(&t.server.ns, t.server.addr(8080)).unwrap();
+    let server_agent = t.start_agent(&t.server, &t.ca_dir).unwrap();
+    let _client_agent = t.start_agent(&t.client, &t.ca_dir).unwrap();
+    let mut s = probe::socks5(&t.client.ns, SOCKS, t.server.addr(8080)).unwrap();
+    let sent = payload(5000);
+    s.write_all(&sent).unwrap();
+    let mut back = vec![0; sent.len()];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back, sent);
+
+    // The connection is still open, and Istio's byte counters already hold its bytes.
+    let series = [
+        r#"reporter="destination""#,
+        r#"source_principal="spiffe://cluster.local/ns/default/sa/client""#,
+    ];
+    let m = eventually(
+        Duration::from_secs(5),
+        "the open connection's bytes",
+        || {
+            let m = server_agent.metrics(&t.server).ok()?;
+            let received = metric(&m, "istio_tcp_received_bytes_total", &series)?;
+            let sent = metric(&m, "istio_tcp_sent_bytes_total", &series)?;
+            (received == 5000.0 && sent == 5000.0).then_some(m)
+        },
+    );
+    assert_eq!(
+        metric(&m, "istio_tcp_connections_closed_total", &series),
+        None,
+        "{m}"
+    );
+    drop(s);
+}

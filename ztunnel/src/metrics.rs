@@ -1,8 +1,9 @@
 //! Istio's TCP metrics (`istio_tcp_*` with Istio's labels) and the per-connection access log.
 //!
-//! Every connection gets one [`ConnectionRecord`]: it counts the open at creation and writes
-//! the close, the byte counters and the access-log line exactly once, when it is finished or
-//! dropped.
+//! Every connection gets one [`ConnectionRecord`]: it counts the open at creation, its bytes
+//! as they are copied (on the open's series, as Istio's ztunnel counts them, so that a long
+//! connection shows in every scrape), and writes the close and the access-log line exactly
+//! once, when it is finished or dropped.
 
 use crate::identity::Identity;
 use crate::state::{Service, Workload};
@@ -192,9 +193,37 @@ impl ConnectionInfo {
 #[derive(Debug, Default)]
 pub struct ByteCounts {
     /// Client to server (the request direction).
-    pub request: AtomicU64,
+    pub request: ByteCount,
     /// Server to client.
-    pub response: AtomicU64,
+    pub response: ByteCount,
+}
+
+/// One direction's bytes: the connection's own total (for its access-log line) and the
+/// Prometheus series it adds to as it goes.
+#[derive(Debug, Default)]
+pub struct ByteCount {
+    total: AtomicU64,
+    series: Option<Counter>,
+}
+
+impl ByteCount {
+    fn new(series: Counter) -> Self {
+        Self {
+            total: AtomicU64::new(0),
+            series: Some(series),
+        }
+    }
+
+    pub fn add(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+        if let Some(series) = &self.series {
+            series.inc_by(n);
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
 }
 
 /// How a connection ended, for the close record.
@@ -221,12 +250,17 @@ pub struct ConnectionRecord {
 impl ConnectionRecord {
     /// Counts the open.
     pub fn open(metrics: Arc<Metrics>, info: ConnectionInfo) -> Self {
-        metrics.opened.get_or_create(&info.labels("-")).inc();
+        let labels = info.labels("-");
+        metrics.opened.get_or_create(&labels).inc();
+        let bytes = Arc::new(ByteCounts {
+            request: ByteCount::new(metrics.received.get_or_create(&labels).clone()),
+            response: ByteCount::new(metrics.sent.get_or_create(&labels).clone()),
+        });
         tracing::event!(target: "access", tracing::Level::DEBUG, src.addr = %info.src_addr, dst.addr = %info.dst_addr, direction = info.direction.as_str(), "connection opened");
         Self {
             metrics,
             info,
-            bytes: Default::default(),
+            bytes,
             start: Instant::now(),
             outcome: None,
         }
@@ -251,11 +285,8 @@ impl Drop for ConnectionRecord {
             Outcome::Failed(e) => ("-", Some(e.as_str())),
         };
         let labels = self.info.labels(flags);
-        let request = self.bytes.request.load(Ordering::Relaxed);
-        let response = self.bytes.response.load(Ordering::Relaxed);
+        let (request, response) = (self.bytes.request.get(), self.bytes.response.get());
         self.metrics.closed.get_or_create(&labels).inc();
-        self.metrics.received.get_or_create(&labels).inc_by(request);
-        self.metrics.sent.get_or_create(&labels).inc_by(response);
 
         let i = &self.info;
         let name = |w: &Option<Arc<Workload>>| w.as_ref().map(|w| w.display_name().to_owned());

@@ -8,12 +8,11 @@
 //! [`QUEUE`], so that a bulk stream moves in large writes.
 
 use crate::hbone::H2Stream;
-use crate::metrics::ByteCounts;
+use crate::metrics::{ByteCount, ByteCounts};
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -140,11 +139,11 @@ struct Direction<'a> {
     buf: BytesMut,
     read_done: bool,
     done: bool,
-    count: &'a AtomicU64,
+    count: &'a ByteCount,
 }
 
 impl<'a> Direction<'a> {
-    fn new(count: &'a AtomicU64) -> Self {
+    fn new(count: &'a ByteCount) -> Self {
         Self {
             queue: VecDeque::new(),
             queued: 0,
@@ -171,7 +170,7 @@ impl<'a> Direction<'a> {
             {
                 match r? {
                     Some(chunk) => {
-                        self.count.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        self.count.add(chunk.len() as u64);
                         self.queued += chunk.len();
                         self.queue.push_back(chunk);
                     }
