@@ -34,6 +34,10 @@ spec:
     backendRefs: [{name: reviews-v1, port: 9080}]
   - matches: [{path: {type: PathPrefix, value: /gone}}]
     backendRefs: [{name: reviews-gone, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /canary/granted}}]
+    backendRefs: [{name: reviews-v2, namespace: canary, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /canary/refused}}]
+    backendRefs: [{name: reviews-v1, namespace: canary, port: 9080}]
   - matches: [{path: {type: PathPrefix, value: /old}}]
     filters:
     - type: RequestRedirect
@@ -70,6 +74,13 @@ spec:
     route: [{destination: {host: ratings-gone}}]
   - route: [{destination: {host: ratings}}]
 ---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-default, namespace: canary}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: default}]
+  to: [{group: "", kind: Service, name: reviews-v2}]
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: no-admin, namespace: default}
@@ -88,10 +99,10 @@ fn services(c: &Cluster) -> String {
             "{pod}: {{workloadUid: \"Kubernetes//v1/Pod/default/{pod}\", port: {{9080: 8080}}}}"
         )
     };
-    let svc = |name: &str, vip: &str, eps: &[&str], waypoint: bool| {
+    let svc_in = |ns: &str, name: &str, vip: &str, eps: &[&str], waypoint: bool| {
         let eps: Vec<String> = eps.iter().map(|p| ep(p)).collect();
         let mut s = format!(
-            "- name: {name}\n  namespace: default\n  hostname: {name}.default.svc.cluster.local\n  vips: [\"/{vip}\"]\n  ports: {{9080: 8080}}\n  endpoints: {{{}}}\n",
+            "- name: {name}\n  namespace: {ns}\n  hostname: {name}.{ns}.svc.cluster.local\n  vips: [\"/{vip}\"]\n  ports: {{9080: 8080}}\n  endpoints: {{{}}}\n",
             eps.join(", ")
         );
         if waypoint {
@@ -101,12 +112,19 @@ fn services(c: &Cluster) -> String {
         }
         s
     };
+    let svc = |name: &str, vip: &str, eps: &[&str], waypoint: bool| {
+        svc_in("default", name, vip, eps, waypoint)
+    };
     format!(
-        "services:\n{}{}{}{}",
+        "services:\n{}{}{}{}{}{}",
         svc("reviews", "10.96.0.50", &["v1", "v2"], true),
         svc("ratings", "10.96.0.60", &["v1"], true),
         svc("reviews-v1", "10.96.0.51", &["v1"], false),
         svc("reviews-v2", "10.96.0.52", &["v2"], false),
+        // The same versions in namespace `canary`: only the second is granted to routes of
+        // `default` (ROUTES' ReferenceGrant).
+        svc_in("canary", "reviews-v1", "10.96.0.53", &["v1"], false),
+        svc_in("canary", "reviews-v2", "10.96.0.54", &["v2"], false),
     )
 }
 
@@ -287,6 +305,13 @@ fn routes_split_faults_and_policy_as_configured() {
 
     // A backend service that does not exist: 500 through an HTTPRoute (the Gateway API's
     // rule), an empty 503 through a VirtualService (Envoy's NC, no such cluster).
+    // A backend in another namespace: served where a ReferenceGrant there permits it, 500
+    // where none does.
+    let r = s.curl(&[&format!("http://{REVIEWS}/canary/granted")]);
+    assert_eq!((r[0].0, r[0].1.as_str()), (200, "v2"), "{}", s.logs());
+    let r = s.curl(&[&format!("http://{REVIEWS}/canary/refused")]);
+    assert_eq!((r[0].0, r[0].1.as_str()), (500, ""), "{}", s.logs());
+
     // No backend answers either (no `x-served-by`).
     let r = s.curl(&[&format!("http://{REVIEWS}/gone")]);
     assert_eq!((r[0].0, r[0].1.as_str()), (500, ""), "{}", s.logs());
@@ -323,14 +348,18 @@ fn routes_split_faults_and_policy_as_configured() {
     assert_eq!(faults, aborted as f64, "{m}");
     let denied = metric(&m, "istio_requests_total", &["response_code=\"403\"", &src]);
     assert_eq!(denied, Some(1.0), "{m}");
-    for code in ["500", "503"] {
+    // Summed over series: they may differ in `destination_service`.
+    let total = |labels: &[&str]| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for (code, n) in [("500", 2.0), ("503", 1.0)] {
         let code = format!("response_code=\"{code}\"");
-        let gone = metric(
-            &m,
-            "istio_requests_total",
-            &[&code, "response_flags=\"NC\"", &src],
-        );
-        assert_eq!(gone, Some(1.0), "{m}");
+        let gone = total(&[&code, "response_flags=\"NC\"", &src]);
+        assert_eq!(gone, n, "{m}");
     }
 
     // The destination agent saw the waypoint's identity, not the client's.

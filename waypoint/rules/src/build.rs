@@ -2,7 +2,10 @@
 //! conflicting route sources, and orders HTTPRoute entries by Gateway API precedence.
 
 use crate::error::{Conflict, RulesError};
-use crate::model::{L7Policy, ObjectRef, PathMatch, RouteEntry, RouteMatch, Rules, TrafficPolicy};
+use crate::model::{
+    Action, L7Policy, ObjectRef, PathMatch, RouteEntry, RouteMatch, Rules, TrafficPolicy,
+};
+use crate::referencegrant::{Grant, permits};
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,6 +26,7 @@ pub(crate) enum Translated {
         policy: TrafficPolicy,
     },
     Policy(L7Policy),
+    ReferenceGrant(Grant),
 }
 
 /// An HTTPRoute's entries (rule order, then match order) and the parents it attaches to.
@@ -98,6 +102,13 @@ struct RouteSource {
 }
 
 pub(crate) fn build(loaded: Vec<Loaded>) -> Result<Rules, RulesError> {
+    let grants: Vec<Grant> = loaded
+        .iter()
+        .filter_map(|item| match &item.translated {
+            Translated::ReferenceGrant(g) => Some(g.clone()),
+            _ => None,
+        })
+        .collect();
     let mut rules = Rules::default();
     let mut seen: BTreeMap<(String, ObjectRef), PathBuf> = BTreeMap::new();
     let mut sources: BTreeMap<ObjectRef, RouteSource> = BTreeMap::new();
@@ -121,6 +132,11 @@ pub(crate) fn build(loaded: Vec<Loaded>) -> Result<Rules, RulesError> {
         seen.insert(key, item.file.clone());
         match item.translated {
             Translated::HttpRoute(set) => {
+                let entries: Vec<RouteEntry> = set
+                    .entries
+                    .iter()
+                    .map(|e| granted(e, &item.object, &grants))
+                    .collect();
                 for attachment in &set.parents {
                     let service = match &attachment.parent {
                         Parent::Service(service) => Some(service.clone()),
@@ -130,7 +146,7 @@ pub(crate) fn build(loaded: Vec<Loaded>) -> Result<Rules, RulesError> {
                         claim(&mut sources, service, &item.kind, &item.object, &item.file)
                             .map_err(|(f, m)| conflict(&f, m))?;
                     }
-                    for entry in &set.entries {
+                    for entry in &entries {
                         let mut entry = entry.clone();
                         entry.matcher.port = attachment.port;
                         seq += 1;
@@ -165,6 +181,7 @@ pub(crate) fn build(loaded: Vec<Loaded>) -> Result<Rules, RulesError> {
                 rules.traffic.insert(service, policy);
             }
             Translated::Policy(policy) => rules.authz.push(policy),
+            Translated::ReferenceGrant(_) => {}
         }
     }
     for (parent, mut entries) in ranked {
@@ -185,6 +202,40 @@ pub(crate) fn build(loaded: Vec<Loaded>) -> Result<Rules, RulesError> {
         }
     }
     Ok(rules)
+}
+
+/// `entry` of HTTPRoute `route` with what no ReferenceGrant permits taken out: a backend in
+/// another namespace is marked refused (its requests get 500), a mirror there is dropped.
+fn granted(entry: &RouteEntry, route: &ObjectRef, grants: &[Grant]) -> RouteEntry {
+    let allowed = |service: &ObjectRef| permits(grants, &route.namespace, service);
+    let rule = &entry.rule;
+    let refuses = match &rule.action {
+        Action::Forward(backends) => backends.iter().any(|b| !allowed(&b.service)),
+        _ => false,
+    };
+    if !refuses && rule.mirrors.iter().all(|m| allowed(&m.service)) {
+        return entry.clone();
+    }
+    let mut rule = (**rule).clone();
+    if let Action::Forward(backends) = &mut rule.action {
+        for b in backends.iter_mut().filter(|b| !allowed(&b.service)) {
+            b.refused = Some(format!(
+                "no ReferenceGrant in namespace {} lets HTTPRoute {route} use Service {}",
+                b.service.namespace, b.service
+            ));
+        }
+    }
+    rule.mirrors.retain(|m| {
+        let ok = allowed(&m.service);
+        if !ok {
+            tracing::warn!(%route, service = %m.service, "mirror not sent: no ReferenceGrant permits it");
+        }
+        ok
+    });
+    RouteEntry {
+        matcher: entry.matcher.clone(),
+        rule: std::sync::Arc::new(rule),
+    }
 }
 
 /// Records that `object` routes `service`. HTTPRoutes merge with each other; a VirtualService

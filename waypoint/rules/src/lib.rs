@@ -4,7 +4,8 @@
 //! # Sources
 //!
 //! - Gateway API `HTTPRoute` attached to a Service or to this waypoint's Gateway;
-//! - Istio `VirtualService`, `DestinationRule` and `AuthorizationPolicy` (with `targetRefs`).
+//! - Istio `VirtualService`, `DestinationRule` and `AuthorizationPolicy` (with `targetRefs`);
+//! - Gateway API `ReferenceGrant`, for HTTPRoute backends in other namespaces.
 //!
 //! Every field we do not enforce is refused by name: a rule is never silently weakened. Each
 //! source's module documents what it accepts, ignores (fields with no effect on a waypoint)
@@ -33,6 +34,7 @@ mod httproute;
 mod load;
 mod matching;
 pub mod model;
+mod referencegrant;
 mod virtualservice;
 
 #[cfg(test)]

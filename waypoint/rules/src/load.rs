@@ -6,7 +6,7 @@ use crate::build::{self, Loaded};
 use crate::error::{FieldError, InvalidField, RulesError};
 use crate::fields::{DEFAULT_NAMESPACE, Metadata};
 use crate::model::{ObjectRef, Rules};
-use crate::{authorization, destinationrule, httproute, virtualservice};
+use crate::{authorization, destinationrule, httproute, referencegrant, virtualservice};
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use std::path::Path;
@@ -62,6 +62,7 @@ enum Kind {
     VirtualService,
     DestinationRule,
     AuthorizationPolicy,
+    ReferenceGrant,
 }
 
 /// What a document's `apiVersion` and `kind` say about it.
@@ -80,14 +81,16 @@ fn classify(api_version: &str, kind: &str) -> Classified {
     const GATEWAY: &[&str] = &["v1", "v1beta1"];
     const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
     const SECURITY: &[&str] = &["v1", "v1beta1"];
+    const GRANT: &[&str] = &["v1", "v1beta1", "v1alpha2"];
     let (ours, versions) = match (group, kind) {
         ("gateway.networking.k8s.io", "HTTPRoute") => (Kind::HttpRoute, GATEWAY),
         ("networking.istio.io", "VirtualService") => (Kind::VirtualService, NETWORKING),
         ("networking.istio.io", "DestinationRule") => (Kind::DestinationRule, NETWORKING),
         ("security.istio.io", "AuthorizationPolicy") => (Kind::AuthorizationPolicy, SECURITY),
+        ("gateway.networking.k8s.io", "ReferenceGrant") => (Kind::ReferenceGrant, GRANT),
         // No L7 effect: the Gateway is the waypoint itself; PeerAuthentication is ztunnel's
         // business; Sidecar has no effect in ambient mode.
-        ("gateway.networking.k8s.io", "Gateway" | "GatewayClass" | "ReferenceGrant")
+        ("gateway.networking.k8s.io", "Gateway" | "GatewayClass")
         | ("security.istio.io", "PeerAuthentication")
         | ("networking.istio.io", "Sidecar") => return Classified::Foreign,
         (
@@ -270,6 +273,7 @@ fn parse_document(
         Kind::AuthorizationPolicy => {
             typed(doc).and_then(|spec| authorization::translate(spec, &cx))
         }
+        Kind::ReferenceGrant => typed(doc).and_then(|spec| referencegrant::translate(spec, &cx)),
     };
     let translated = match translated {
         Ok(Some(t)) => t,

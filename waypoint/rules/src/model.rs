@@ -164,6 +164,9 @@ pub struct WeightedBackend {
     /// (the Gateway API's rule for an unresolved `backendRef`), an empty 503 for a
     /// VirtualService (Envoy's `NC`, no such cluster).
     pub unresolved: http::StatusCode,
+    /// Why requests may not be sent here at all (a cross-namespace `backendRef` that no
+    /// ReferenceGrant permits); they get `unresolved` too.
+    pub refused: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]

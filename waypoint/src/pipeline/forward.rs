@@ -224,6 +224,11 @@ pub async fn forward(
             &fallback
         }
     };
+    if let Some(why) = &backend.refused {
+        record.info.flag("NC");
+        record.info.detail = Some(why.clone());
+        return plain(backend.unresolved, "");
+    }
     let svc = state
         .service_by_name(&backend.service.namespace, &backend.service.name)
         .cloned();

@@ -283,6 +283,7 @@ fn default_rule(tunnel: &Tunnel) -> RouteRule {
             subset: None,
             weight: 1,
             unresolved: http::StatusCode::SERVICE_UNAVAILABLE,
+            refused: None,
         }]),
         request_headers: Default::default(),
         response_headers: Default::default(),

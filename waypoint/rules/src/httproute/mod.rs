@@ -2,8 +2,8 @@
 //! to a Service or to the waypoint Gateway.
 //!
 //! Accepted and ignored: `hostnames` on Service parents (GAMMA ignores them), `sectionName`
-//! on the waypoint Gateway (it has one listener), rule `name`. Cross-namespace `backendRefs`
-//! are accepted without a ReferenceGrant: the folder is the operator's own configuration.
+//! on the waypoint Gateway (it has one listener), rule `name`. A `backendRef` or mirror in
+//! another namespace needs a ReferenceGrant there (see `referencegrant`).
 //! Refused: `hostnames` with the waypoint Gateway as parent, `sectionName` on a Service
 //! parent (port names are not known here: use `port`), backend `filters`, `sessionPersistence`,
 //! the `ExtensionRef` and `CORS` filters, and every field not listed in the types below.
@@ -328,6 +328,7 @@ fn backends(refs: &[BackendRef], at: &str, cx: &Context<'_>) -> FieldResult<Vec<
             subset: None,
             weight: b.weight.unwrap_or(1),
             unresolved: http::StatusCode::INTERNAL_SERVER_ERROR,
+            refused: None,
         });
     }
     some_weight(&out, format!("{at}.backendRefs"))?;

@@ -494,3 +494,80 @@ fn hostnames_on_the_waypoint_parent_are_refused() {
     );
     assert_eq!(field, "spec.hostnames");
 }
+
+/// Lets HTTPRoutes of namespace `app` use Service `canary/reviews-v3`.
+const GRANT: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-app, namespace: canary}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: app}]
+  to: [{group: "", kind: Service, name: reviews-v3}]
+"#;
+
+/// Each backend of the default route, and whether it is refused.
+fn refused(rules: &Rules) -> Vec<(String, bool)> {
+    let entry = rules
+        .route(&reviews(), &Req::get("/").view())
+        .expect("a route");
+    match &entry.rule.action {
+        Action::Forward(b) => b
+            .iter()
+            .map(|b| (b.service.to_string(), b.refused.is_some()))
+            .collect(),
+        other => panic!("expected forward, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_backend_in_another_namespace_needs_a_reference_grant() {
+    let without = [
+        ("app/reviews-v1".to_owned(), false),
+        ("canary/reviews-v3".to_owned(), true),
+    ];
+    let with = [
+        ("app/reviews-v1".to_owned(), false),
+        ("canary/reviews-v3".to_owned(), false),
+    ];
+    assert_eq!(refused(&load(REVIEWS)), without);
+    assert_eq!(refused(&load(&format!("{REVIEWS}{GRANT}"))), with);
+    // Every Service of the namespace, when the grant names none.
+    let any = GRANT.replace(", name: reviews-v3", "");
+    assert_eq!(refused(&load(&format!("{REVIEWS}{any}"))), with);
+    // Another Service, another source namespace, the grant in another namespace, another
+    // source kind: refused still.
+    for other in [
+        GRANT.replace("name: reviews-v3", "name: ratings"),
+        GRANT.replace("namespace: app}", "namespace: web}"),
+        GRANT.replace("namespace: canary}", "namespace: web}"),
+        GRANT.replace("kind: HTTPRoute", "kind: GRPCRoute"),
+    ] {
+        assert_eq!(
+            refused(&load(&format!("{REVIEWS}{other}"))),
+            without,
+            "{other}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_reference_grant_names_its_field() {
+    let (field, message) = field_error(
+        &GRANT.replace("  to: [", "  too: []\n  to: ["),
+        "ReferenceGrant canary/from-app",
+    );
+    assert_eq!(field, "spec.too");
+    assert!(message.starts_with("unknown field `too`"), "{message}");
+    let (field, message) = field_error(
+        &GRANT.replace(
+            "from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: app}]",
+            "from: []",
+        ),
+        "ReferenceGrant canary/from-app",
+    );
+    assert_eq!(
+        (field.as_str(), message.as_str()),
+        ("spec.from", "must name at least one source")
+    );
+}

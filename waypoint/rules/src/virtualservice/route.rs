@@ -302,6 +302,7 @@ fn destinations(
             // A lone destination without a weight takes all the traffic.
             weight: r.weight.unwrap_or(if route.len() == 1 { 100 } else { 0 }),
             unresolved: http::StatusCode::SERVICE_UNAVAILABLE,
+            refused: None,
         });
     }
     some_weight(&backends, format!("{at}.route"))?;
