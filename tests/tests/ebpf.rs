@@ -235,7 +235,8 @@ fn orig_src_setup(ns: &mesh_tests::NetNs) -> (String, String, String, String) {
 }
 
 #[test]
-fn a_pods_namespace_is_set_up_to_keep_clients_addresses_and_unenrolling_undoes_it() {
+fn a_pods_namespace_is_set_up_to_keep_clients_addresses_and_unenrolling_undoes_it_after_its_connections()
+ {
     let c = cluster();
     let (other, server) = (c.pod("other"), c.pod("server"));
     let (_web, _a1, a2, url) = serving(&c);
@@ -245,6 +246,13 @@ fn a_pods_namespace_is_set_up_to_keep_clients_addresses_and_unenrolling_undoes_i
     assert!(route.contains("local default dev lo"), "{route}");
     assert_eq!(accept, "1");
 
+    // A connection from the unenrolled pod, steered to the agent, open across the unenrolment.
+    let mut open = other
+        .ns
+        .run(|| std::net::TcpStream::connect(server.addr(8080)))
+        .unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+
     // Unenroll the server pod: its entry loses `netns`.
     let path = c.config_path();
     let config = std::fs::read_to_string(&path).unwrap();
@@ -253,6 +261,20 @@ fn a_pods_namespace_is_set_up_to_keep_clients_addresses_and_unenrolling_undoes_i
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, config.replace(&netns_line, "")).unwrap();
     std::fs::rename(tmp, &path).unwrap();
+    eventually(Duration::from_secs(5), "the server pod unenrolled", || {
+        a2.process.log().contains("pod unenrolled").then_some(())
+    });
+    // The open connection still needs the rule: the app's reply comes back through it.
+    assert!(orig_src_setup(&server.ns).0.contains("lookup 133"));
+    use std::io::{Read, Write};
+    open.write_all(b"GET /still-open HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    open.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.contains(&format!("/still-open, from {}:", other.ip)),
+        "{reply}"
+    );
+    drop(open);
     let (rule4, rule6, route, accept) = eventually(
         Duration::from_secs(5),
         "the server pod's namespace restored",

@@ -155,6 +155,7 @@ pub fn run() -> anyhow::Result<()> {
     std::fs::write(rules.join("reviews.yaml"), WAYPOINT_RULES)?;
     let (client, legacy, server) = (c.pod("client"), c.pod("legacy"), c.pod("server"));
     let _web = HttpServer::start(&server.ns, server.addr(8080))?;
+    let _web6 = HttpServer::start(&server.ns, server.addr6(8080))?;
     let _denied = HttpServer::start(&server.ns, server.addr(9090))?;
     let _legacy_web = HttpServer::start(&legacy.ns, legacy.addr(8080))?;
     let v2 = c.pod("v2");
@@ -163,9 +164,10 @@ pub fn run() -> anyhow::Result<()> {
     let waypoint = c.start_waypoint(c.pod("waypoint"), &rules)?;
     for p in &c.pods {
         println!(
-            "  {:<8} {:<12} on {}  {}",
+            "  {:<8} {:<12} {:<16} on {}  {}",
             p.name,
             p.ip,
+            p.ip6,
             c.nodes[p.node].name,
             if p.enrolled {
                 "enrolled (istio.io/dataplane-mode=ambient)"
@@ -187,6 +189,11 @@ pub fn run() -> anyhow::Result<()> {
             client,
             server.addr(8080),
             "enrolled -> enrolled: captured, HBONE across the nodes; the app sees the client pod's address",
+        ),
+        (
+            client,
+            server.addr6(8080),
+            "enrolled -> enrolled over IPv6: captured by connect6, HBONE across the nodes",
         ),
         (
             client,
@@ -212,8 +219,15 @@ pub fn run() -> anyhow::Result<()> {
     println!("\nrequests (unmodified curl inside the pods; -w shows getpeername()):");
     for (from, to, what) in requests {
         let url = format!("http://{to}/from-{}", from.name);
-        let (code, out, err) =
-            c.curl(from, &["-w", "  [peer %{remote_ip}:%{remote_port}]", &url])?;
+        let (code, out, err) = c.curl(
+            from,
+            &[
+                "-g",
+                "-w",
+                "  [peer %{remote_ip} port %{remote_port}]",
+                &url,
+            ],
+        )?;
         println!(
             "  {what}\n    {} $ curl {url}\n    exit {code}: {}{}",
             from.name,

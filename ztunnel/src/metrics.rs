@@ -190,7 +190,7 @@ impl ConnectionInfo {
 }
 
 /// Byte counters shared with the copy loop.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ByteCounts {
     /// Client to server (the request direction).
     pub request: ByteCount,
@@ -200,25 +200,23 @@ pub struct ByteCounts {
 
 /// One direction's bytes: the connection's own total (for its access-log line) and the
 /// Prometheus series it adds to as it goes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ByteCount {
     total: AtomicU64,
-    series: Option<Counter>,
+    series: Counter,
 }
 
 impl ByteCount {
     fn new(series: Counter) -> Self {
         Self {
             total: AtomicU64::new(0),
-            series: Some(series),
+            series,
         }
     }
 
     pub fn add(&self, n: u64) {
         self.total.fetch_add(n, Ordering::Relaxed);
-        if let Some(series) = &self.series {
-            series.inc_by(n);
-        }
+        self.series.inc_by(n);
     }
 
     pub fn get(&self) -> u64 {

@@ -42,6 +42,8 @@ impl Installed {
 pub enum OrigSrcError {
     #[error("entering the namespace: {0}")]
     Enter(io::Error),
+    #[error("opening a route netlink socket: {0}")]
+    Netlink(io::Error),
     #[error("setting {FWMARK_ACCEPT}: {0}")]
     FwmarkAccept(io::Error),
     #[error("adding the IPv4 rule `fwmark {ORIG_SRC_MARK:#x} lookup {ORIG_SRC_ROUTE_TABLE}`: {0}")]
@@ -50,45 +52,52 @@ pub enum OrigSrcError {
     Route(io::Error),
 }
 
-/// Sets up the namespace `ns` so that connections [`prepare`]d with [`ORIG_SRC_MARK`] work. Idempotent: a
-/// restarted agent finds the rule and route in place. IPv6 is set up when the namespace has it;
-/// without IPv4 nothing is.
+/// Sets up the namespace `ns` so that connections [`prepare`]d with [`ORIG_SRC_MARK`] work.
+/// Idempotent: a restarted agent finds the rule and route in place. IPv6 is set up when the
+/// namespace has it; without IPv4 nothing is.
 ///
 /// # Errors
 /// If the namespace cannot be entered or IPv4 cannot be set up; nothing is left half done.
 pub fn install(ns: &File) -> Result<Installed, OrigSrcError> {
     crate::netns::run_in(ns, || {
-        let was = std::fs::read_to_string(FWMARK_ACCEPT)
+        let nl = Netlink::open().map_err(OrigSrcError::Netlink)?;
+        let found_on = std::fs::read_to_string(FWMARK_ACCEPT)
             .map(|v| v.trim() == "1")
             .map_err(OrigSrcError::FwmarkAccept)?;
-        if !was {
-            std::fs::write(FWMARK_ACCEPT, "1").map_err(OrigSrcError::FwmarkAccept)?;
-        }
-        let undo_sysctl = || {
-            if !was {
+        let v4 = libc::AF_INET as u8;
+        let created = nl.rule(Op::Add, v4).map_err(OrigSrcError::Rule)?;
+        // A rule already there is an earlier agent's, and so is the setting's "on": what that
+        // agent found is not known, and Linux's default is off.
+        let was = found_on && created;
+        let undo = |sysctl_set: bool| {
+            if created {
+                let _ = nl.rule(Op::Delete, v4);
+            }
+            if sysctl_set {
                 let _ = std::fs::write(FWMARK_ACCEPT, "0");
             }
         };
-        let nl = Netlink::open().map_err(OrigSrcError::Rule)?;
-        if let Err(e) = nl.rule(Op::Add, libc::AF_INET as u8) {
-            undo_sysctl();
-            return Err(OrigSrcError::Rule(e));
+        if !found_on && let Err(e) = std::fs::write(FWMARK_ACCEPT, "1") {
+            undo(false);
+            return Err(OrigSrcError::FwmarkAccept(e));
         }
-        if let Err(e) = nl.local_route(Op::Add, libc::AF_INET as u8) {
-            let _ = nl.rule(Op::Delete, libc::AF_INET as u8);
-            undo_sysctl();
+        if let Err(e) = nl.local_route(Op::Add, v4) {
+            undo(!found_on);
             return Err(OrigSrcError::Route(e));
         }
-        let v6 = nl
-            .rule(Op::Add, libc::AF_INET6 as u8)
-            .and_then(|()| nl.local_route(Op::Add, libc::AF_INET6 as u8));
-        if let Err(e) = &v6 {
-            tracing::debug!(error = %e, "no IPv6 in the namespace: IPv6 clients' addresses are not kept");
-            let _ = nl.rule(Op::Delete, libc::AF_INET6 as u8);
+        let v6 = libc::AF_INET6 as u8;
+        let v6_done = nl
+            .rule(Op::Add, v6)
+            .and_then(|_| nl.local_route(Op::Add, v6).map(|_| ()));
+        if let Err(e) = &v6_done {
+            let _ = nl.rule(Op::Delete, v6);
+            if e.raw_os_error() != Some(libc::EAFNOSUPPORT) {
+                tracing::warn!(error = %e, "IPv6 clients' addresses are not kept: setting up IPv6 routing failed");
+            }
         }
         Ok(Installed {
             v4: true,
-            v6: v6.is_ok(),
+            v6: v6_done.is_ok(),
             fwmark_accept_was: was,
         })
     })
@@ -206,7 +215,7 @@ impl Netlink {
     }
 
     /// `ip rule add|del fwmark ORIG_SRC_MARK lookup ORIG_SRC_ROUTE_TABLE pref RULE_PRIORITY`.
-    fn rule(&self, op: Op, family: u8) -> io::Result<()> {
+    fn rule(&self, op: Op, family: u8) -> io::Result<bool> {
         let kind = match op {
             Op::Add => RTM_NEWRULE,
             Op::Delete => RTM_DELRULE,
@@ -235,7 +244,7 @@ impl Netlink {
     }
 
     /// `ip route add|del local default dev lo table ORIG_SRC_ROUTE_TABLE`.
-    fn local_route(&self, op: Op, family: u8) -> io::Result<()> {
+    fn local_route(&self, op: Op, family: u8) -> io::Result<bool> {
         let kind = match op {
             Op::Add => RTM_NEWROUTE,
             Op::Delete => RTM_DELROUTE,
@@ -257,8 +266,9 @@ impl Netlink {
         self.request(kind, op, &body)
     }
 
-    /// Sends one request and reads its acknowledgement. Adding what exists already succeeds.
-    fn request(&self, kind: u16, op: Op, body: &[u8]) -> io::Result<()> {
+    /// Sends one request and reads its acknowledgement. Adding what exists already succeeds,
+    /// with `false` (nothing was created).
+    fn request(&self, kind: u16, op: Op, body: &[u8]) -> io::Result<bool> {
         let mut flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
         if let Op::Add = op {
             flags |= (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
@@ -308,8 +318,10 @@ impl Netlink {
             .get(16..20)
             .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
         match (kind, errno) {
-            (Some(NLMSG_ERROR), Some(0)) => Ok(()),
-            (Some(NLMSG_ERROR), Some(e)) if e == -libc::EEXIST && matches!(op, Op::Add) => Ok(()),
+            (Some(NLMSG_ERROR), Some(0)) => Ok(true),
+            (Some(NLMSG_ERROR), Some(e)) if e == -libc::EEXIST && matches!(op, Op::Add) => {
+                Ok(false)
+            }
             (Some(NLMSG_ERROR), Some(e)) => Err(io::Error::from_raw_os_error(-e)),
             _ => Err(io::Error::other("unexpected netlink reply")),
         }

@@ -13,8 +13,8 @@ use crate::{
     maps::{ENROLLED, ORIG_DST_BY_COOKIE},
     util::{
         IPPROTO_TCP, LOOPBACK_V4_BE, LOOPBACK_V6_WORD3, SOCK_STREAM, V4_MAPPED_WORD2, agent_mark,
-        ctx_load_u32, ctx_store_u32, flags, is_local_v4, is_local_v6, is_mesh_port, is_v4_mapped,
-        mlog, outbound_port,
+        ctx_load_u32, ctx_store_u32, flags, is_link_local_v6, is_local_v4, is_local_v6,
+        is_mesh_port, is_v4_mapped, mlog, outbound_port,
     },
 };
 
@@ -164,7 +164,9 @@ unsafe fn connect6(ctx: &SockAddrContext) {
         };
         (orig, [0, 0, V4_MAPPED_WORD2, LOOPBACK_V4_BE])
     } else {
-        if is_local_v6(&ip) || flags() & config::FLAG_REDIRECT_IPV6 == 0 {
+        // A link-local destination needs its interface, which the agent is not told: such
+        // connections stay on the pod's link.
+        if is_local_v6(&ip) || is_link_local_v6(&ip) || flags() & config::FLAG_REDIRECT_IPV6 == 0 {
             return;
         }
         let orig = OrigDst {

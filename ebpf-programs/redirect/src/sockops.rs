@@ -16,8 +16,8 @@ use mesh_common::TupleKey;
 use crate::{
     maps::{ORIG_DST_BY_COOKIE, ORIG_DST_BY_TUPLE},
     util::{
-        AF_INET, AF_INET6, LOOPBACK_V4_BE, LOOPBACK_V6_WORD3, V4_MAPPED_WORD2, ctx_load_u32, is_v4_mapped, mlog,
-        outbound_port,
+        AF_INET, AF_INET6, LOOPBACK_V4_BE, LOOPBACK_V6_WORD3, V4_MAPPED_WORD2, ctx_load_u32,
+        is_v4_mapped, mlog, outbound_port,
     },
 };
 

@@ -102,6 +102,13 @@ pub(crate) fn is_local_v6(ip: &[u32; 4]) -> bool {
     ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && (ip[3] == LOOPBACK_V6_WORD3 || ip[3] == 0)
 }
 
+/// Link-local `fe80::/10`, network-order words.
+#[inline(always)]
+pub(crate) fn is_link_local_v6(ip: &[u32; 4]) -> bool {
+    let first = ip[0].to_ne_bytes();
+    first[0] == 0xfe && first[1] & 0xc0 == 0x80
+}
+
 /// `::ffff:a.b.c.d`, network-order words.
 #[inline(always)]
 pub(crate) fn is_v4_mapped(ip: &[u32; 4]) -> bool {

@@ -79,12 +79,14 @@ impl StringMatch {
 
 impl HeaderMatch {
     /// The header's value matches; a repeated header is matched as its values joined with
-    /// `,` (RFC 9110 5.3), as Envoy does. Names are case-insensitive by construction; the
+    /// `,` (RFC 9110 5.3; `; ` for HTTP/2's split `cookie`, RFC 9113 8.2.3), as Envoy does.
+    /// Presence needs no readable value. Names are case-insensitive by construction; the
     /// result is inverted for `withoutHeaders`.
     pub fn matches(&self, headers: &HeaderMap) -> bool {
         let mut values = headers.get_all(&self.name).iter();
         let found = match (values.next(), values.next()) {
             (None, _) => false,
+            _ if matches!(self.value, StringMatch::Present) => true,
             (Some(one), None) => one.to_str().is_ok_and(|v| self.value.matches(v)),
             (Some(first), Some(second)) => {
                 let all: Option<Vec<&str>> = [first, second]
@@ -92,7 +94,12 @@ impl HeaderMatch {
                     .chain(values)
                     .map(|v| v.to_str().ok())
                     .collect();
-                all.is_some_and(|all| self.value.matches(&all.join(",")))
+                let separator = if self.name == http::header::COOKIE {
+                    "; "
+                } else {
+                    ","
+                };
+                all.is_some_and(|all| self.value.matches(&all.join(separator)))
             }
         };
         found != self.invert
@@ -177,5 +184,26 @@ mod tests {
             invert: true,
         };
         assert!(absent.matches(&headers));
+        headers.append(
+            "x-raw",
+            http::HeaderValue::from_bytes(b"\xff").expect("value"),
+        );
+        let present = HeaderMatch {
+            name: "x-raw".parse().expect("name"),
+            value: StringMatch::Present,
+            invert: false,
+        };
+        assert!(present.matches(&headers), "present, though not UTF-8");
+        headers.append("cookie", "a=1".parse().expect("value"));
+        headers.append("cookie", "b=2".parse().expect("value"));
+        let cookie = HeaderMatch {
+            name: http::header::COOKIE,
+            value: StringMatch::Exact("a=1; b=2".into()),
+            invert: false,
+        };
+        assert!(
+            cookie.matches(&headers),
+            "HTTP/2 cookie crumbs are joined with `; `"
+        );
     }
 }

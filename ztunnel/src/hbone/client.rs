@@ -95,7 +95,7 @@ pub struct Dialer {
     pub mark: Option<u32>,
     pub connect_timeout: Option<Duration>,
     /// Make sockets inside this pod's network namespace (shared mode), so that connections
-    /// leave with the pod's address.
+    /// leave with the pod's address ([`Dialer::dial_from`]: with the given one).
     pub netns: Option<Arc<crate::netns::PodNetns>>,
 }
 

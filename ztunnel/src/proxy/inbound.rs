@@ -140,16 +140,22 @@ pub async fn handle(inputs: Arc<ProxyInputs>, incoming: IncomingStream) {
         incoming.reject(StatusCode::UNAUTHORIZED);
         return record.finish(Outcome::Denied(format!("401 Unauthorized: {denied}")));
     }
-    let mut upstream =
-        match super::inbound_passthrough::connect_local(&inputs, src_addr, authority).await {
-            Ok(s) => s,
-            Err(e) => {
-                incoming.reject(StatusCode::SERVICE_UNAVAILABLE);
-                return record.finish(Outcome::ConnectFailed(format!(
-                    "503 Service Unavailable: connecting to {authority}: {e}"
-                )));
-            }
-        };
+    let mut upstream = match super::inbound_passthrough::connect_local(
+        &inputs,
+        &dst_workload,
+        src_addr,
+        authority,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            incoming.reject(StatusCode::SERVICE_UNAVAILABLE);
+            return record.finish(Outcome::ConnectFailed(format!(
+                "503 Service Unavailable: connecting to {authority}: {e}"
+            )));
+        }
+    };
     let mut tunnel = match incoming.accept() {
         Ok(t) => t,
         Err(e) => return record.finish(Outcome::Failed(format!("answering CONNECT: {e}"))),

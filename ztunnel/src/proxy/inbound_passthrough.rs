@@ -66,7 +66,7 @@ async fn handle(inputs: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAdd
         record.finish(Outcome::Denied(denied.to_string()));
         return reset(client);
     }
-    let mut upstream = match connect_local(&inputs, peer, dst).await {
+    let mut upstream = match connect_local(&inputs, &dst_workload, peer, dst).await {
         Ok(s) => s,
         Err(e) => {
             record.finish(Outcome::ConnectFailed(format!("connecting to {dst}: {e}")));
@@ -92,11 +92,13 @@ async fn handle(inputs: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAdd
     }
 }
 
-/// Connects to a local workload at `dst`, from the original client's address `src` when
-/// `ENABLE_ORIG_SRC` is on (the default in shared mode, where the pod's namespace was set up
-/// for it; in dedicated mode the node's routing must bring the replies back).
+/// Connects to `dst`, an address of the local workload `workload`, from the original client's
+/// address `src` when `ENABLE_ORIG_SRC` is on (the default in shared mode, where the pod's
+/// namespace was set up for it; in dedicated mode the node's routing must bring the replies
+/// back).
 pub async fn connect_local(
     inputs: &ProxyInputs,
+    workload: &Workload,
     src: SocketAddr,
     dst: SocketAddr,
 ) -> std::io::Result<TcpStream> {
@@ -104,9 +106,11 @@ pub async fn connect_local(
         return inputs.dialer.dial(dst).await;
     }
     match (&inputs.dialer.netns, &inputs.orig_src) {
-        // A pod calling itself: its own address is the source anyway (and a socket kept to
-        // `lo` would not take replies routed by the pod's own address).
-        (Some(_), Some(installed)) if installed.covers(dst) && src.ip() != dst.ip() => {
+        // A pod calling itself, from any of its addresses: the source is its own anyway, and
+        // a socket kept to `lo` would not take replies routed by the pod's own addresses.
+        (Some(_), Some(installed))
+            if installed.covers(dst) && !workload.workload_ips.contains(&src.ip()) =>
+        {
             inputs
                 .dialer
                 .dial_from(dst, src, Some(mesh_common::ORIG_SRC_MARK))

@@ -164,11 +164,8 @@ impl Pods {
                 if let Err(e) = self.redirector.unenroll(pod.cookie) {
                     tracing::error!(pod = %uid, error = %e, "unenrolling");
                 }
-                if let Some(installed) = pod.orig_src
-                    && pod.netns.still_exists()
-                    && let Err(e) = orig_src::remove(&pod.netns.file, installed)
-                {
-                    tracing::error!(pod = %uid, error = %e, "removing the rule that keeps clients' addresses");
+                if let Some(installed) = pod.orig_src {
+                    remove_when_closed(uid.clone(), pod.stop, pod.netns, installed);
                 }
                 tracing::info!(pod = %uid, "pod unenrolled");
             }
@@ -288,4 +285,30 @@ impl Pods {
             })
             .ok()
     }
+}
+
+/// Undoes a pod's source-keeping set-up once its last connection has ended (each holds a
+/// receiver of `stop`): until then the app's replies on those connections must still come
+/// back to the agent, never leave by the pod's default route.
+fn remove_when_closed(
+    uid: String,
+    stop: watch::Sender<bool>,
+    netns: Arc<PodNetns>,
+    installed: Installed,
+) {
+    tokio::runtime::Handle::current().spawn(async move {
+        stop.closed().await;
+        let removed = tokio::task::spawn_blocking(move || {
+            if netns.still_exists() {
+                orig_src::remove(&netns.file, installed)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = removed {
+            tracing::error!(pod = %uid, error = %e, "removing the rule that keeps clients' addresses");
+        }
+    });
 }
