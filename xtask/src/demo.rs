@@ -231,7 +231,7 @@ pub fn run() -> anyhow::Result<()> {
         println!(
             "  {what}\n    {} $ curl {url}\n    exit {code}: {}{}",
             from.name,
-            out.trim(),
+            out.trim().replace('\n', ""),
             err.trim()
         );
     }

@@ -216,53 +216,65 @@ impl Netlink {
 
     /// `ip rule add|del fwmark ORIG_SRC_MARK lookup ORIG_SRC_ROUTE_TABLE pref RULE_PRIORITY`.
     fn rule(&self, op: Op, family: u8) -> io::Result<bool> {
-        let kind = match op {
-            Op::Add => RTM_NEWRULE,
-            Op::Delete => RTM_DELRULE,
-        };
-        // struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags.
-        let mut body = vec![
-            family,
-            0,
-            0,
-            0,
-            ORIG_SRC_ROUTE_TABLE as u8,
-            0,
-            0,
-            FR_ACT_TO_TBL,
-        ];
-        body.extend_from_slice(&0u32.to_ne_bytes());
-        for (kind, value) in [
-            (FRA_PRIORITY, RULE_PRIORITY),
-            (FRA_FWMARK, ORIG_SRC_MARK),
-            (FRA_FWMASK, u32::MAX),
-            (FRA_TABLE, ORIG_SRC_ROUTE_TABLE),
-        ] {
-            push_u32_attr(&mut body, kind, value);
-        }
-        self.request(kind, op, &body)
+        let table = ORIG_SRC_ROUTE_TABLE as u8;
+        self.change(
+            op,
+            (RTM_NEWRULE, RTM_DELRULE),
+            // struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action.
+            [family, 0, 0, 0, table, 0, 0, FR_ACT_TO_TBL],
+            &[
+                (FRA_PRIORITY, RULE_PRIORITY),
+                (FRA_FWMARK, ORIG_SRC_MARK),
+                (FRA_FWMASK, u32::MAX),
+                (FRA_TABLE, ORIG_SRC_ROUTE_TABLE),
+            ],
+        )
     }
 
     /// `ip route add|del local default dev lo table ORIG_SRC_ROUTE_TABLE`.
     fn local_route(&self, op: Op, family: u8) -> io::Result<bool> {
-        let kind = match op {
-            Op::Add => RTM_NEWROUTE,
-            Op::Delete => RTM_DELROUTE,
-        };
-        // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
-        let mut body = vec![
-            family,
-            0,
-            0,
-            0,
-            ORIG_SRC_ROUTE_TABLE as u8,
-            RTPROT_BOOT,
-            RT_SCOPE_HOST,
-            RTN_LOCAL,
-        ];
+        let table = ORIG_SRC_ROUTE_TABLE as u8;
+        self.change(
+            op,
+            (RTM_NEWROUTE, RTM_DELROUTE),
+            // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type.
+            [
+                family,
+                0,
+                0,
+                0,
+                table,
+                RTPROT_BOOT,
+                RT_SCOPE_HOST,
+                RTN_LOCAL,
+            ],
+            &[
+                (RTA_TABLE, ORIG_SRC_ROUTE_TABLE),
+                (RTA_OIF, LOOPBACK_IFINDEX),
+            ],
+        )
+    }
+
+    /// One add or delete (`kinds`): the message's 8 header bytes, its 32-bit flags (none) and
+    /// `u32` attributes (each 8 bytes long, so no padding follows).
+    fn change(
+        &self,
+        op: Op,
+        (add, delete): (u16, u16),
+        header: [u8; 8],
+        attrs: &[(u16, u32)],
+    ) -> io::Result<bool> {
+        let mut body = header.to_vec();
         body.extend_from_slice(&0u32.to_ne_bytes());
-        push_u32_attr(&mut body, RTA_TABLE, ORIG_SRC_ROUTE_TABLE);
-        push_u32_attr(&mut body, RTA_OIF, LOOPBACK_IFINDEX);
+        for (kind, value) in attrs {
+            body.extend_from_slice(&8u16.to_ne_bytes());
+            body.extend_from_slice(&kind.to_ne_bytes());
+            body.extend_from_slice(&value.to_ne_bytes());
+        }
+        let kind = match op {
+            Op::Add => add,
+            Op::Delete => delete,
+        };
         self.request(kind, op, &body)
     }
 
@@ -326,11 +338,4 @@ impl Netlink {
             _ => Err(io::Error::other("unexpected netlink reply")),
         }
     }
-}
-
-/// Appends a `u32` netlink attribute (its length is 8, so no padding follows).
-fn push_u32_attr(buf: &mut Vec<u8>, kind: u16, value: u32) {
-    buf.extend_from_slice(&8u16.to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(&value.to_ne_bytes());
 }
