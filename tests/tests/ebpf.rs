@@ -235,6 +235,14 @@ fn a_pods_namespace_is_set_up_to_keep_clients_addresses_and_unenrolling_undoes_i
     assert!(route.contains("local default dev lo"), "{route}");
     assert_eq!(accept, "1");
 
+    // A restarted agent finds its set-up in place and adds nothing twice.
+    a2.process.stop(Duration::from_secs(5));
+    drop(a2);
+    let a2 = c.start_agent(1).unwrap();
+    let (rule4, rule6, _, _) = orig_src_setup(&server.ns);
+    assert_eq!(rule4.matches("lookup 133").count(), 1, "{rule4}");
+    assert_eq!(rule6.matches("lookup 133").count(), 1, "{rule6}");
+
     // A connection from the unenrolled pod, steered to the agent, open across the unenrolment.
     let mut open = other
         .ns
