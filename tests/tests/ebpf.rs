@@ -250,14 +250,7 @@ fn a_pods_namespace_is_set_up_to_keep_clients_addresses_and_unenrolling_undoes_i
         .unwrap();
     open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
 
-    // Unenroll the server pod: its entry loses `netns`.
-    let path = c.config_path();
-    let config = std::fs::read_to_string(&path).unwrap();
-    let netns_line = format!("  netns: {}\n", server.ns.path().display());
-    assert!(config.contains(&netns_line));
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, config.replace(&netns_line, "")).unwrap();
-    std::fs::rename(tmp, &path).unwrap();
+    unenroll(&c, server);
     eventually(Duration::from_secs(5), "the server pod unenrolled", || {
         a2.process.log().contains("pod unenrolled").then_some(())
     });
@@ -289,6 +282,53 @@ fn a_pods_namespace_is_set_up_to_keep_clients_addresses_and_unenrolling_undoes_i
     assert_eq!(accept, "0");
 
     // Not captured any more: the unenrolled client reaches the app directly.
+    let (code, body, err) = c.curl(other, &[&url]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(body.contains(&format!(", from {}:", other.ip)), "{body}");
+}
+
+/// Unenrolls `pod` by writing its entry without `netns` (`Cluster::write_config` enrolls it
+/// again).
+fn unenroll(c: &Cluster, pod: &ClusterPod) {
+    let path = c.config_path();
+    let config = std::fs::read_to_string(&path).unwrap();
+    let line = format!("  netns: {}\n", pod.ns.path().display());
+    assert!(config.contains(&line));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, config.replace(&line, "")).unwrap();
+    std::fs::rename(tmp, &path).unwrap();
+}
+
+#[test]
+fn a_pod_enrolled_again_before_its_connections_end_keeps_its_set_up() {
+    let c = cluster();
+    let (other, server) = (c.pod("other"), c.pod("server"));
+    let (_web, _a1, a2, url) = serving(&c);
+    let open = other
+        .ns
+        .run(|| std::net::TcpStream::connect(server.addr(8080)))
+        .unwrap();
+    unenroll(&c, server);
+    eventually(Duration::from_secs(5), "the server pod unenrolled", || {
+        a2.process.log().contains("pod unenrolled").then_some(())
+    });
+    c.write_config("").unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the server pod enrolled again",
+        || (a2.process.log().matches("pod enrolled").count() >= 2).then_some(()),
+    );
+    // The first enrollment's last connection ends: its removal, called off, must not undo
+    // the second enrollment's set-up (it would have run well within this wait).
+    drop(open);
+    std::thread::sleep(Duration::from_secs(1));
+    let (rule4, _, route, accept) = orig_src_setup(&server.ns);
+    assert!(
+        rule4.contains("lookup 133") && route.contains("local default dev lo"),
+        "{rule4}\n{route}\n{}",
+        a2.process.log()
+    );
+    assert_eq!(accept, "1");
     let (code, body, err) = c.curl(other, &[&url]).unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(body.contains(&format!(", from {}:", other.ip)), "{body}");

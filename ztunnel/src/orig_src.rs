@@ -21,10 +21,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 const RULE_PRIORITY: u32 = 32764;
 const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
 
-/// What [`install`] set up in one namespace, for [`remove`].
+/// What [`install`] set up in one namespace (IPv4 always), for [`remove`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Installed {
-    pub v4: bool,
     pub v6: bool,
     /// `tcp_fwmark_accept` as it was found.
     fwmark_accept_was: bool,
@@ -33,9 +32,22 @@ pub struct Installed {
 impl Installed {
     /// Whether a connection to `dst` can keep the client's address (of the same family).
     pub fn covers(&self, dst: SocketAddr) -> bool {
-        if dst.is_ipv4() { self.v4 } else { self.v6 }
+        dst.is_ipv4() || self.v6
+    }
+
+    /// This set-up, made again over `earlier`'s whose removal was called off: what was found
+    /// before any of it is `earlier`'s to know.
+    pub fn taking_over(self, earlier: Installed) -> Installed {
+        Installed {
+            fwmark_accept_was: earlier.fwmark_accept_was,
+            ..self
+        }
     }
 }
+
+/// Serialises [`install`] and [`remove`]: a namespace enrolled again while its earlier
+/// removal is pending must not have its new set-up removed.
+static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Why the source cannot be kept in a namespace.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +71,7 @@ pub enum OrigSrcError {
 /// # Errors
 /// If the namespace cannot be entered or IPv4 cannot be set up; nothing is left half done.
 pub fn install(ns: &File) -> Result<Installed, OrigSrcError> {
+    let _serial = SETUP.lock().unwrap_or_else(|p| p.into_inner());
     crate::netns::run_in(ns, || {
         let nl = Netlink::open().map_err(OrigSrcError::Netlink)?;
         let found_on = std::fs::read_to_string(FWMARK_ACCEPT)
@@ -70,11 +83,11 @@ pub fn install(ns: &File) -> Result<Installed, OrigSrcError> {
         // agent found is not known, and Linux's default is off.
         let was = found_on && created;
         let undo = |sysctl_set: bool| {
-            if created {
-                let _ = nl.rule(Op::Delete, v4);
+            if created && let Err(e) = nl.rule(Op::Delete, v4) {
+                tracing::warn!(error = %e, "undoing a half set-up: removing the rule");
             }
-            if sysctl_set {
-                let _ = std::fs::write(FWMARK_ACCEPT, "0");
+            if sysctl_set && let Err(e) = std::fs::write(FWMARK_ACCEPT, "0") {
+                tracing::warn!(error = %e, "undoing a half set-up: resetting {FWMARK_ACCEPT}");
             }
         };
         if !found_on && let Err(e) = std::fs::write(FWMARK_ACCEPT, "1") {
@@ -96,7 +109,6 @@ pub fn install(ns: &File) -> Result<Installed, OrigSrcError> {
             }
         }
         Ok(Installed {
-            v4: true,
             v6: v6_done.is_ok(),
             fwmark_accept_was: was,
         })
@@ -104,17 +116,26 @@ pub fn install(ns: &File) -> Result<Installed, OrigSrcError> {
     .map_err(OrigSrcError::Enter)?
 }
 
-/// Undoes [`install`] in `ns` (the pod stays, but leaves the mesh).
+/// Undoes [`install`] in `ns` (the pod stays, but leaves the mesh), unless `called_off` is
+/// set by then (the namespace was enrolled again).
 ///
 /// # Errors
 /// If the namespace cannot be entered or a rule or route cannot be removed; what is already
 /// gone is not an error.
-pub fn remove(ns: &File, installed: Installed) -> io::Result<()> {
+pub fn remove(
+    ns: &File,
+    installed: Installed,
+    called_off: &std::sync::atomic::AtomicBool,
+) -> io::Result<()> {
+    let _serial = SETUP.lock().unwrap_or_else(|p| p.into_inner());
+    if called_off.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
     crate::netns::run_in(ns, || {
         let nl = Netlink::open()?;
         let mut first_error = None;
         let families = [
-            (installed.v4, libc::AF_INET as u8),
+            (true, libc::AF_INET as u8),
             (installed.v6, libc::AF_INET6 as u8),
         ];
         for (_, family) in families.iter().filter(|(on, _)| *on) {

@@ -1,4 +1,5 @@
-//! Gateway API `ReferenceGrant` (`gateway.networking.k8s.io/v1beta1`): which namespaces' routes
+//! Gateway API `ReferenceGrant` (`gateway.networking.k8s.io/v1beta1`, also `v1` and
+//! `v1alpha2`): which namespaces' routes
 //! may send to a namespace's Services. An HTTPRoute `backendRef` (or mirror) to a Service in
 //! another namespace is honoured only when a grant in that namespace allows it; otherwise its
 //! share of requests gets 500, as the Gateway API requires (`RefNotPermitted`), and a mirror is
@@ -66,7 +67,7 @@ pub(crate) fn translate(spec: Spec, cx: &Context<'_>) -> FieldResult<Option<Tran
     let to: Vec<Option<String>> = spec
         .to
         .into_iter()
-        .filter(|t| t.group.is_empty() && t.kind == "Service")
+        .filter(|t| (t.group.is_empty() || t.group == "core") && t.kind == "Service")
         .map(|t| t.name)
         .collect();
     Ok(Some(Translated::ReferenceGrant(Grant {

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -32,7 +33,8 @@ struct EnrolledPod {
     cookie: u64,
     /// What was set up in the namespace to keep clients' addresses, to undo at unenrollment.
     orig_src: Option<Installed>,
-    /// Closing this stops the pod's listeners.
+    /// Sending on this stops the pod's listeners; it is closed once they and every
+    /// connection of the pod have ended.
     stop: watch::Sender<bool>,
     _tasks: JoinSet<()>,
 }
@@ -43,6 +45,16 @@ pub struct Pods {
     redirector: Redirector,
     orig_dst: OrigDstLookup,
     pods: HashMap<String, EnrolledPod>,
+    /// Source-keeping set-ups of unenrolled pods waiting for their last connection, by netns
+    /// cookie: enrolling the namespace again calls the removal off.
+    removals: HashMap<u64, (Arc<Removal>, Installed)>,
+}
+
+/// One pending [`remove_when_closed`].
+#[derive(Default)]
+struct Removal {
+    called_off: std::sync::atomic::AtomicBool,
+    done: std::sync::atomic::AtomicBool,
 }
 
 impl Pods {
@@ -52,6 +64,7 @@ impl Pods {
             base,
             redirector,
             pods: HashMap::new(),
+            removals: HashMap::new(),
         })
     }
 
@@ -165,7 +178,10 @@ impl Pods {
                     tracing::error!(pod = %uid, error = %e, "unenrolling");
                 }
                 if let Some(installed) = pod.orig_src {
-                    remove_when_closed(uid.clone(), pod.stop, pod.netns, installed);
+                    let removal = Arc::new(Removal::default());
+                    self.removals
+                        .insert(pod.cookie, (removal.clone(), installed));
+                    remove_when_closed(uid.clone(), pod.stop, pod.netns, installed, removal);
                 }
                 tracing::info!(pod = %uid, "pod unenrolled");
             }
@@ -241,7 +257,7 @@ impl Pods {
             tokio_listener(plaintext)?,
             tokio_listener(hbone)?,
         );
-        let orig_src = self.keep_sources(w, &netns);
+        let orig_src = self.keep_sources(w, &netns, cookie);
         let inputs = self.base.for_pod(
             &w.uid,
             netns.clone(),
@@ -275,15 +291,25 @@ impl Pods {
     /// Sets up the pod's namespace so that its app sees clients' own addresses, when
     /// `ENABLE_ORIG_SRC` is on. A namespace that cannot be set up is reported and served
     /// anyway, its app then seeing the pod's own address as the source.
-    fn keep_sources(&self, w: &Workload, netns: &PodNetns) -> Option<Installed> {
+    fn keep_sources(&mut self, w: &Workload, netns: &PodNetns, cookie: u64) -> Option<Installed> {
+        self.removals
+            .retain(|_, (r, _)| !r.done.load(Ordering::SeqCst));
+        let earlier = self.removals.remove(&cookie).map(|(removal, earlier)| {
+            removal.called_off.store(true, Ordering::SeqCst);
+            earlier
+        });
         if !self.base.cfg.enable_orig_src {
             return None;
         }
-        orig_src::install(&netns.file)
+        let installed = orig_src::install(&netns.file)
             .inspect_err(|e| {
                 tracing::warn!(pod = %w.uid, error = %e, "clients' addresses not kept: the app sees connections from the pod's own address");
             })
-            .ok()
+            .ok()?;
+        Some(match earlier {
+            Some(earlier) => installed.taking_over(earlier),
+            None => installed,
+        })
     }
 }
 
@@ -295,15 +321,18 @@ fn remove_when_closed(
     stop: watch::Sender<bool>,
     netns: Arc<PodNetns>,
     installed: Installed,
+    removal: Arc<Removal>,
 ) {
     tokio::runtime::Handle::current().spawn(async move {
         stop.closed().await;
         let removed = tokio::task::spawn_blocking(move || {
-            if netns.still_exists() {
-                orig_src::remove(&netns.file, installed)
+            let r = if netns.still_exists() {
+                orig_src::remove(&netns.file, installed, &removal.called_off)
             } else {
                 Ok(())
-            }
+            };
+            removal.done.store(true, Ordering::SeqCst);
+            r
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
