@@ -11,6 +11,7 @@ use mesh_tests::cluster::{
 use mesh_tests::probe::{Capture, HttpServer};
 use mesh_tests::topology::metric;
 use mesh_tests::{bin_dir, eventually};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -37,18 +38,22 @@ fn serving(c: &Cluster) -> (HttpServer, NodeAgent, NodeAgent, String) {
     (web, a1, a2, format!("http://{}/", server.addr(8080)))
 }
 
-#[test]
-fn curl_between_enrolled_pods_is_captured_and_carried_over_hbone() {
-    let c = cluster();
+/// Serves `addr` in the server pod, starts both agents, and curls `path` there from the client
+/// pod with tcpdump between the nodes; checks what crossed ([`carried_over_hbone`]). Returns
+/// the app's answer, the peer `getpeername()` gave curl, and the packets seen.
+fn curl_across_the_nodes(
+    c: &Cluster,
+    addr: SocketAddr,
+    path: &str,
+) -> (String, SocketAddr, Vec<String>) {
     let (client, server) = (c.pod("client"), c.pod("server"));
-    let _web = HttpServer::start(&server.ns, server.addr(8080)).unwrap();
+    let _web = HttpServer::start(&server.ns, addr).unwrap();
     let a1 = c.start_agent(0).unwrap();
     let a2 = c.start_agent(1).unwrap();
     let capture = Capture::start(&c.nodes[0].ns, &c.node_link, &c.dir).unwrap();
-
-    let url = format!("http://{}/hello", server.addr(8080));
+    let url = format!("http://{addr}{path}");
     let (code, body, err) = c
-        .curl(client, &["-w", "\n%{remote_ip}:%{remote_port}", &url])
+        .curl(client, &["-g", "-w", "\n%{remote_ip} %{remote_port}", &url])
         .unwrap();
     assert_eq!(
         code,
@@ -58,6 +63,17 @@ fn curl_between_enrolled_pods_is_captured_and_carried_over_hbone() {
         a2.process.log()
     );
     let (text, peer) = body.rsplit_once('\n').unwrap();
+    let (ip, port) = peer.split_once(' ').unwrap();
+    let peer = SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap());
+    let packets = carried_over_hbone(c, capture, &a2, client, server);
+    (text.to_owned(), peer, packets)
+}
+
+#[test]
+fn curl_between_enrolled_pods_is_captured_and_carried_over_hbone() {
+    let c = cluster();
+    let (client, server) = (c.pod("client"), c.pod("server"));
+    let (text, peer, packets) = curl_across_the_nodes(&c, server.addr(8080), "/hello");
     assert!(
         text.starts_with(&format!(
             "hello from {}: you asked for /hello",
@@ -66,12 +82,31 @@ fn curl_between_enrolled_pods_is_captured_and_carried_over_hbone() {
         "{text}"
     );
     // getpeername() in the client gives the address it dialled, not the agent's listener.
-    assert_eq!(peer, server.addr(8080).to_string());
+    assert_eq!(peer, server.addr(8080));
     // The app sees the client pod's address, not its own, as with Istio.
     assert!(text.contains(&format!(", from {}:", client.ip)), "{text}");
-
-    let packets = carried_over_hbone(&c, capture, &a2, client, server);
     assert!(!packets.is_empty(), "nothing crossed between the nodes");
+}
+
+#[test]
+fn ipv6_between_enrolled_pods_is_captured_and_carried_over_hbone() {
+    let c = cluster();
+    let (client, server) = (c.pod("client"), c.pod("server"));
+    let (text, peer, packets) = curl_across_the_nodes(&c, server.addr6(8080), "/v6");
+    // The app sees the client pod's IPv6 address; the client, the address it dialled.
+    assert!(
+        text.starts_with(&format!(
+            "hello from {}: you asked for /v6, from [{}]:",
+            server.addr6(8080),
+            client.ip6
+        )),
+        "{text}"
+    );
+    assert_eq!(peer, server.addr6(8080));
+    assert!(
+        packets.iter().any(|p| p.contains("IP6")),
+        "no IPv6 crossed between the nodes: {packets:?}"
+    );
 }
 
 /// Checks what `capture` (between the nodes) saw: every packet on 15008, the response never in
@@ -112,45 +147,6 @@ fn carried_over_hbone(
         },
     );
     packets
-}
-
-#[test]
-fn ipv6_between_enrolled_pods_is_captured_and_carried_over_hbone() {
-    let c = cluster();
-    let (client, server) = (c.pod("client"), c.pod("server"));
-    let _web = HttpServer::start(&server.ns, server.addr6(8080)).unwrap();
-    let a1 = c.start_agent(0).unwrap();
-    let a2 = c.start_agent(1).unwrap();
-    let capture = Capture::start(&c.nodes[0].ns, &c.node_link, &c.dir).unwrap();
-
-    let url = format!("http://{}/v6", server.addr6(8080));
-    let (code, body, err) = c
-        .curl(client, &["-g", "-w", "\n%{remote_ip}", &url])
-        .unwrap();
-    assert_eq!(
-        code,
-        0,
-        "curl failed: {err}\n{}\n{}",
-        a1.process.log(),
-        a2.process.log()
-    );
-    let (text, peer) = body.rsplit_once('\n').unwrap();
-    // The app sees the client pod's IPv6 address; the client, the address it dialled.
-    assert!(
-        text.starts_with(&format!(
-            "hello from {}: you asked for /v6, from [{}]:",
-            server.addr6(8080),
-            client.ip6
-        )),
-        "{text}"
-    );
-    assert_eq!(peer, server.ip6.to_string());
-
-    let packets = carried_over_hbone(&c, capture, &a2, client, server);
-    assert!(
-        packets.iter().any(|p| p.contains("IP6")),
-        "no IPv6 crossed between the nodes: {packets:?}"
-    );
 }
 
 #[test]

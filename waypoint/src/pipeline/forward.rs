@@ -200,6 +200,13 @@ pub struct Target<'a> {
     pub traffic: Option<&'a TrafficPolicy>,
 }
 
+/// Envoy's `NC` (no such cluster): an empty `status`, with `why` in the access log.
+fn no_cluster(record: &mut RequestRecord, status: StatusCode, why: String) -> Response<Body> {
+    record.info.flag("NC");
+    record.info.detail = Some(why);
+    plain(status, "")
+}
+
 /// Sends the request to its target with the rule's timeouts and retries.
 pub async fn forward(
     wp: &Arc<Waypoint>,
@@ -225,9 +232,7 @@ pub async fn forward(
         }
     };
     if let Some(why) = &backend.refused {
-        record.info.flag("NC");
-        record.info.detail = Some(why.clone());
-        return plain(backend.unresolved, "");
+        return no_cluster(record, backend.unresolved, why.clone());
     }
     let svc = state
         .service_by_name(&backend.service.namespace, &backend.service.name)
@@ -238,13 +243,11 @@ pub async fn forward(
                 Some(name) => match traffic.subsets.get(name) {
                     Some(labels) => Some(labels),
                     None => {
-                        // Envoy: no such cluster (`NC`), an empty 503.
-                        record.info.flag("NC");
-                        record.info.detail = Some(format!(
+                        let why = format!(
                             "subset {name} of {} is not defined by a DestinationRule",
                             backend.service
-                        ));
-                        return plain(StatusCode::SERVICE_UNAVAILABLE, "");
+                        );
+                        return no_cluster(record, StatusCode::SERVICE_UNAVAILABLE, why);
                     }
                 },
                 None => None,
@@ -266,9 +269,8 @@ pub async fn forward(
             )
         }
         None => {
-            record.info.flag("NC");
-            record.info.detail = Some(format!("backend service {} unknown", backend.service));
-            return plain(backend.unresolved, "");
+            let why = format!("backend service {} unknown", backend.service);
+            return no_cluster(record, backend.unresolved, why);
         }
     };
     let Some(_admission) = wp
