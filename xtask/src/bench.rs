@@ -457,7 +457,10 @@ fn scene(mode: &str, bins: &std::path::Path) -> anyhow::Result<Scene> {
     })
 }
 
-pub fn run(rounds: usize, modes: &[&str]) -> anyhow::Result<()> {
+/// What `--only` may name: one measurement alone, repeated `rounds` times (to profile it).
+pub const METRICS: [&str; 5] = ["throughput", "latency", "rps16", "cps", "cpu1000"];
+
+pub fn run(rounds: usize, modes: &[&str], only: Option<&str>) -> anyhow::Result<()> {
     // A given build (for comparing two), or this checkout's release build.
     let bins = match std::env::var_os("MESH_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),
@@ -470,7 +473,7 @@ pub fn run(rounds: usize, modes: &[&str]) -> anyhow::Result<()> {
         }
         let sc = scene(mode, &bins)?;
         start_relays(&sc)?;
-        let result = measure(&sc, mode, rounds);
+        let result = measure(&sc, mode, rounds, only);
         // Whatever happened, leave the watched cgroup before it is removed.
         let _ = sc.select(Path::Direct);
         result?;
@@ -480,31 +483,39 @@ pub fn run(rounds: usize, modes: &[&str]) -> anyhow::Result<()> {
 
 type Samples = std::collections::BTreeMap<&'static str, [Vec<f64>; 3]>;
 
-fn measure(sc: &Scene, mode: &str, rounds: usize) -> anyhow::Result<()> {
+fn measure(sc: &Scene, mode: &str, rounds: usize, only: Option<&str>) -> anyhow::Result<()> {
+    let want = |k: &str| only.is_none_or(|o| o == k);
     let mut m = Samples::new();
     for round in 1..=rounds {
         eprintln!("bench: round {round} of {rounds}");
         for (i, path) in PATHS.into_iter().enumerate() {
             sc.select(path)?;
             let mut push = |k, v| m.entry(k).or_default()[i].push(v);
-            let cpu_before = path_cpu_seconds(sc, path);
-            let bytes_per_sec = throughput(sc, path, 3.0)?;
-            let cpu = path_cpu_seconds(sc, path) - cpu_before;
-            push("throughput", bytes_per_sec);
-            if path != Path::Direct {
-                push("cpu_per_gb", cpu / (bytes_per_sec * 3.0 / 1e9));
+            if want("throughput") {
+                let cpu_before = path_cpu_seconds(sc, path);
+                let bytes_per_sec = throughput(sc, path, 3.0)?;
+                let cpu = path_cpu_seconds(sc, path) - cpu_before;
+                push("throughput", bytes_per_sec);
+                if path != Path::Direct {
+                    push("cpu_per_gb", cpu / (bytes_per_sec * 3.0 / 1e9));
+                }
             }
-            let lat = latencies(sc, path, 5000)?;
-            push("p50", percentile(&lat, 0.5));
-            push("p99", percentile(&lat, 0.99));
-            push("rps16", requests_per_sec(sc, path, 16, 2.0)?);
+            if want("latency") {
+                let lat = latencies(sc, path, 5000)?;
+                push("p50", percentile(&lat, 0.5));
+                push("p99", percentile(&lat, 0.99));
+            }
+            if want("rps16") {
+                push("rps16", requests_per_sec(sc, path, 16, 2.0)?);
+            }
             // A relay starts two threads per connection: no floor for connection rates.
-            if path != Path::Relays {
+            if path != Path::Relays && want("cps") {
                 push("cps", connections_per_sec(sc, path, 2.0)?);
             }
         }
     }
-    for _ in 0..rounds {
+    let cpu_rounds = if want("cpu1000") { rounds } else { 0 };
+    for _ in 0..cpu_rounds {
         for (i, path) in PATHS.into_iter().enumerate().skip(1) {
             let v = cpu_at(sc, path, 1000, 3.0)?;
             m.entry("cpu1000").or_default()[i].push(v);

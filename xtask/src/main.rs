@@ -13,7 +13,7 @@ use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const USAGE: &str = "usage: cargo xtask <setup | build-ebpf | demo [--no-setup] | test | bench [--rounds N] [--mode shared|dedicated|waypoint]>";
+const USAGE: &str = "usage: cargo xtask <setup | build-ebpf | demo [--no-setup] | test | bench [--rounds N] [--mode shared|dedicated|waypoint] [--only throughput|latency|rps16|cps|cpu1000]>";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => {
             let mut rounds = 3;
             let mut modes = vec!["shared", "dedicated"];
+            let mut only = None;
             let mut it = rest.iter();
             while let Some(flag) = it.next() {
                 match (flag.as_str(), it.next()) {
@@ -46,10 +47,13 @@ fn main() -> anyhow::Result<()> {
                     {
                         modes = vec![m.as_str()]
                     }
+                    ("--only", Some(m)) if bench::METRICS.contains(&m.as_str()) => {
+                        only = Some(m.as_str())
+                    }
                     _ => anyhow::bail!("{USAGE}"),
                 }
             }
-            bench::run(rounds, &modes)
+            bench::run(rounds, &modes, only)
         }
         Some("build-ebpf") => build_ebpf(),
         _ => anyhow::bail!("{USAGE}"),

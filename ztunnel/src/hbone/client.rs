@@ -330,10 +330,13 @@ impl Pool {
             .await
             .map_err(|source| HboneError::Connect { addr, source })?;
         let server_name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
             .connect(server_name, tcp)
             .await
             .map_err(|source| HboneError::Tls { addr, source })?;
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(super::TLS_SEND_BUFFER));
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(super::STREAM_WINDOW)
             .initial_connection_window_size(super::CONNECTION_WINDOW)

@@ -142,10 +142,13 @@ where
         .map_err(|source| ServeError::Tls { peer, source })?;
     let _ = tcp.set_nodelay(true);
     let handshake = async {
-        let tls = tokio_rustls::TlsAcceptor::from(tls)
+        let mut tls = tokio_rustls::TlsAcceptor::from(tls)
             .accept(tcp)
             .await
             .map_err(|source| ServeError::Tls { peer, source })?;
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(super::TLS_SEND_BUFFER));
         let identity = crate::tls::peer_identity(tls.get_ref().1.peer_certificates(), trust_domain)
             .ok_or(ServeError::NoIdentity { peer })?;
         let conn = h2::server::Builder::new()
