@@ -21,7 +21,8 @@ use tokio::net::TcpStream;
 const QUEUE: usize = 256 * 1024;
 /// A socket read goes into a buffer of this size; what is left of it serves the next reads.
 /// About 64 KiB stays in the core's cache from the read through the encryption to the write:
-/// 128 and 256 KiB streamed 15-20 % slower here, 32 KiB slower still (more frames and calls).
+/// 256 KiB streamed 15-20 % slower here, 128 KiB slower too, 32 KiB slower still (more frames
+/// and calls).
 /// 9 bytes short of 64 KiB, so that a full chunk's DATA frame, with its 9-byte head, fills
 /// four TLS records exactly (at 64 KiB the head's 9 bytes made a fifth record).
 const CHUNK: usize = 64 * 1024 - H2_FRAME_HEAD;
