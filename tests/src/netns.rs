@@ -37,6 +37,22 @@ impl NetNs {
             }),
         };
         ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        // No duplicate address detection for the interfaces made here (every address in a
+        // test is unique): their link-local addresses stayed tentative for about 2 s, and
+        // the first IPv6 connection across the nodes waited that long for its neighbours.
+        let out = ns
+            .command("sysctl")
+            .args([
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "sysctl in {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(ns)
     }
 
