@@ -260,19 +260,7 @@ impl Cluster {
             ])?;
             add_addr6(&ns, &format!("fd00:20:{}::1/64", i + 1), "br0")?;
             ip(&["-n", ns.name(), "link", "set", "br0", "up"])?;
-            let out = ns
-                .command("sysctl")
-                .args([
-                    "-qw",
-                    "net.ipv4.ip_forward=1",
-                    "net.ipv6.conf.all.forwarding=1",
-                ])
-                .output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "sysctl: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            ns.sysctl(&["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
             nodes.push(Node {
                 name: format!("node-{}", i + 1),
                 ns,
@@ -633,7 +621,8 @@ impl NodeAgent {
     }
 }
 
-/// Adds an IPv6 address without duplicate address detection, so that it works at once.
+/// Adds an IPv6 address; it works at once, as the test namespaces do no duplicate address
+/// detection (see `NetNs::new`).
 fn add_addr6(ns: &NetNs, addr: &str, dev: &str) -> anyhow::Result<()> {
-    ip(&["-n", ns.name(), "addr", "add", addr, "dev", dev, "nodad"])
+    ip(&["-n", ns.name(), "addr", "add", addr, "dev", dev])
 }

@@ -4,7 +4,7 @@ use crate::cleanup::{self, Registration};
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Runs `ip` with `args`, failing with its output.
@@ -37,23 +37,29 @@ impl NetNs {
             }),
         };
         ip(&["-n", &name, "link", "set", "lo", "up"])?;
-        // No duplicate address detection for the interfaces made here (every address in a
-        // test is unique): their link-local addresses stayed tentative for about 2 s, and
+        // No IPv6 duplicate address detection for the interfaces made here (every address in
+        // a test is unique): their link-local addresses stayed tentative for about 2 s, and
         // the first IPv6 connection across the nodes waited that long for its neighbours.
-        let out = ns
-            .command("sysctl")
-            .args([
-                "-qw",
+        if Path::new("/proc/sys/net/ipv6").exists() {
+            ns.sysctl(&[
                 "net.ipv6.conf.all.accept_dad=0",
                 "net.ipv6.conf.default.accept_dad=0",
-            ])
-            .output()?;
+            ])?;
+        }
+        Ok(ns)
+    }
+
+    /// Sets kernel parameters (`name=value`) inside this namespace.
+    pub fn sysctl(&self, settings: &[&str]) -> anyhow::Result<()> {
+        let out = self.command("sysctl").arg("-qw").args(settings).output()?;
         anyhow::ensure!(
             out.status.success(),
-            "sysctl in {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "sysctl {} in {}: {}",
+            settings.join(" "),
+            self.name,
+            String::from_utf8_lossy(&out.stderr).trim()
         );
-        Ok(ns)
+        Ok(())
     }
 
     pub fn name(&self) -> &str {

@@ -526,17 +526,21 @@ fn measure(sc: &Scene, mode: &str, rounds: usize, only: Option<&str>) -> anyhow:
         .into_iter()
         .map(|pid| (rss_mib(pid, "VmRSS:"), rss_mib(pid, "VmHWM:")))
         .collect();
+    // With `--only`, the one measurement alone: no hook cost, no memory figures.
     let hook = match sc {
-        Scene::Shared { c, .. } => Some(connect_hook_cost(c, sc, 7, 300)?),
-        Scene::Dedicated { .. } => None,
+        Scene::Shared { c, .. } if only.is_none() => Some(connect_hook_cost(c, sc, 7, 300)?),
+        _ => None,
     };
-    // The agents hand free pages back every 10 s: what they keep once the load is over.
-    std::thread::sleep(Duration::from_secs(11));
-    let at_rest: Vec<(f64, f64)> = sc
-        .agent_pids()
-        .into_iter()
-        .map(|pid| (rss_mib(pid, "VmRSS:"), rss_mib(pid, "RssAnon:")))
-        .collect();
+    let at_rest: Vec<(f64, f64)> = if only.is_none() {
+        // The agents hand free pages back every 10 s: what they keep once the load is over.
+        std::thread::sleep(Duration::from_secs(11));
+        sc.agent_pids()
+            .into_iter()
+            .map(|pid| (rss_mib(pid, "VmRSS:"), rss_mib(pid, "RssAnon:")))
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     println!("\nbench [{mode}]: medians of {rounds} interleaved rounds; direct = 1.0");
     match sc {
@@ -555,7 +559,11 @@ fn measure(sc: &Scene, mode: &str, rounds: usize, only: Option<&str>) -> anyhow:
         "metric", "direct", "relays", "mesh", "istio"
     );
     let row = |name: &str, k: &str, unit: Unit, istio: &str| {
-        let [d, r, s] = m.get(k).cloned().unwrap_or_default().map(median);
+        // A measurement `--only` left out has no row.
+        let Some(samples) = m.get(k) else {
+            return;
+        };
+        let [d, r, s] = samples.clone().map(median);
         let cell = |v: f64| match unit {
             Unit::MBps => format!("{:.0}MB ({:.2})", v / 1e6, v / d),
             Unit::Rate => format!("{v:.0} ({:.2})", v / d),

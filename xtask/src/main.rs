@@ -13,7 +13,7 @@ use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const USAGE: &str = "usage: cargo xtask <setup | build-ebpf | demo [--no-setup] | test | bench [--rounds N] [--mode shared|dedicated|waypoint] [--only throughput|latency|rps16|cps|cpu1000]>";
+const USAGE: &str = "usage: cargo xtask <setup | build-ebpf | demo [--no-setup] | test | bench [--rounds N] [--mode shared|dedicated|waypoint] [--only METRIC]>";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -47,12 +47,21 @@ fn main() -> anyhow::Result<()> {
                     {
                         modes = vec![m.as_str()]
                     }
-                    ("--only", Some(m)) if bench::METRICS.contains(&m.as_str()) => {
+                    ("--only", Some(m)) => {
+                        anyhow::ensure!(
+                            bench::METRICS.contains(&m.as_str()),
+                            "--only {m}: not one of {}",
+                            bench::METRICS.join(", ")
+                        );
                         only = Some(m.as_str())
                     }
                     _ => anyhow::bail!("{USAGE}"),
                 }
             }
+            anyhow::ensure!(
+                only.is_none() || !modes.contains(&"waypoint"),
+                "--only is for the shared and dedicated modes; the waypoint's bench has one measurement"
+            );
             bench::run(rounds, &modes, only)
         }
         Some("build-ebpf") => build_ebpf(),

@@ -20,9 +20,10 @@ pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Largest DATA frame we accept (Istio: 1 MiB).
 pub const MAX_FRAME: u32 = 1024 * 1024;
-/// Encrypted bytes a TLS session may hold unsent (rustls: 64 KiB). An HTTP/2 DATA frame of a
-/// 64 KiB read is 9 bytes more than rustls's default takes at once: the rest went out as a
-/// second, tiny TLS record in a second `writev` and TCP segment.
+/// Bytes a TLS session takes to send before it waits for the socket (rustls's default is 64
+/// KiB, checked against the plaintext). One HTTP/2 flush may carry more than that: a full
+/// read's DATA frame behind a WINDOW_UPDATE, or several streams' frames; what went over the
+/// default was sent as a second, small TLS record in a second `writev` and TCP segment.
 pub const TLS_SEND_BUFFER: usize = 256 * 1024;
 /// Largest header list we accept.
 pub const MAX_HEADER_LIST: u32 = 16 * 1024;
