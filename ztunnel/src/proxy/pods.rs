@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -46,15 +46,9 @@ pub struct Pods {
     orig_dst: OrigDstLookup,
     pods: HashMap<String, EnrolledPod>,
     /// Source-keeping set-ups of unenrolled pods waiting for their last connection, by netns
-    /// cookie: enrolling the namespace again calls the removal off.
-    removals: HashMap<u64, (Arc<Removal>, Installed)>,
-}
-
-/// One pending [`remove_when_closed`].
-#[derive(Default)]
-struct Removal {
-    called_off: std::sync::atomic::AtomicBool,
-    done: std::sync::atomic::AtomicBool,
+    /// cookie, each with the flag that calls its removal off (enrolling the namespace again
+    /// sets it). The removal task holds the other reference until it has run.
+    removals: HashMap<u64, (Arc<AtomicBool>, Installed)>,
 }
 
 impl Pods {
@@ -178,10 +172,10 @@ impl Pods {
                     tracing::error!(pod = %uid, error = %e, "unenrolling");
                 }
                 if let Some(installed) = pod.orig_src {
-                    let removal = Arc::new(Removal::default());
+                    let called_off = Arc::new(AtomicBool::new(false));
                     self.removals
-                        .insert(pod.cookie, (removal.clone(), installed));
-                    remove_when_closed(uid.clone(), pod.stop, pod.netns, installed, removal);
+                        .insert(pod.cookie, (called_off.clone(), installed));
+                    remove_when_closed(uid.clone(), pod.stop, pod.netns, installed, called_off);
                 }
                 tracing::info!(pod = %uid, "pod unenrolled");
             }
@@ -292,10 +286,11 @@ impl Pods {
     /// `ENABLE_ORIG_SRC` is on. A namespace that cannot be set up is reported and served
     /// anyway, its app then seeing the pod's own address as the source.
     fn keep_sources(&mut self, w: &Workload, netns: &PodNetns, cookie: u64) -> Option<Installed> {
+        // Those whose task has run are done with.
         self.removals
-            .retain(|_, (r, _)| !r.done.load(Ordering::SeqCst));
-        let earlier = self.removals.remove(&cookie).map(|(removal, earlier)| {
-            removal.called_off.store(true, Ordering::SeqCst);
+            .retain(|_, (called_off, _)| Arc::strong_count(called_off) > 1);
+        let earlier = self.removals.remove(&cookie).map(|(called_off, earlier)| {
+            called_off.store(true, Ordering::SeqCst);
             earlier
         });
         if !self.base.cfg.enable_orig_src {
@@ -321,18 +316,17 @@ fn remove_when_closed(
     stop: watch::Sender<bool>,
     netns: Arc<PodNetns>,
     installed: Installed,
-    removal: Arc<Removal>,
+    called_off: Arc<AtomicBool>,
 ) {
     tokio::runtime::Handle::current().spawn(async move {
         stop.closed().await;
+        // `called_off` is dropped when this has run, which tells `keep_sources` so.
         let removed = tokio::task::spawn_blocking(move || {
-            let r = if netns.still_exists() {
-                orig_src::remove(&netns.file, installed, &removal.called_off)
+            if netns.still_exists() {
+                orig_src::remove(&netns.file, installed, &called_off)
             } else {
                 Ok(())
-            };
-            removal.done.store(true, Ordering::SeqCst);
-            r
+            }
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
