@@ -19,6 +19,13 @@ const MMAP_THRESHOLD: libc::c_int = 1024 * 1024;
 #[cfg(target_env = "gnu")]
 const TRIM_THRESHOLD: libc::c_int = 8 * 1024 * 1024;
 
+/// One arena for every thread. `malloc_trim` returns the free top of the main arena only; a
+/// worker thread's own arena kept its top, up to [`TRIM_THRESHOLD`], for good: 2.5-3.7 MiB of
+/// an agent's 4.6-5.8 MiB anonymous RSS after the bench's load. Small allocations are served
+/// from each thread's cache without the arena's lock, and the workers are one or two.
+#[cfg(target_env = "gnu")]
+const ARENA_MAX: libc::c_int = 1;
+
 /// How often free pages go back to the kernel.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 
@@ -29,6 +36,7 @@ pub fn fix_thresholds() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX);
     }
 }
 
