@@ -24,6 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The proxies hand free pages back every 10 s: what they keep once the load is over shows
+/// this long after it.
+pub const AT_REST_AFTER: Duration = Duration::from_secs(11);
+
 const SOCKS: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15080);
 const ECHO_PORT: u16 = 8080;
@@ -532,8 +536,7 @@ fn measure(sc: &Scene, mode: &str, rounds: usize, only: Option<&str>) -> anyhow:
         _ => None,
     };
     let at_rest: Vec<(f64, f64)> = if only.is_none() {
-        // The agents hand free pages back every 10 s: what they keep once the load is over.
-        std::thread::sleep(Duration::from_secs(11));
+        std::thread::sleep(AT_REST_AFTER);
         sc.agent_pids()
             .into_iter()
             .map(|pid| (rss_mib(pid, "VmRSS:"), rss_mib(pid, "RssAnon:")))
@@ -636,7 +639,11 @@ fn measure(sc: &Scene, mode: &str, rounds: usize, only: Option<&str>) -> anyhow:
         );
         println!(
             "{:<42} {:>10} {:>16} {:>13.1}MiB {:>9}",
-            "  the same, 11 s after the load", "-", "-", rest, "-"
+            format!("  the same, {} s after the load", AT_REST_AFTER.as_secs()),
+            "-",
+            "-",
+            rest,
+            "-"
         );
         println!(
             "{:<42} {:>10} {:>16} {:>13.1}MiB {:>9}",

@@ -18,7 +18,7 @@
 //! difference, the waypoint's CPU (utime + stime over the measurement) per 1000 requests/s
 //! and its memory (VmRSS, VmHWM).
 
-use super::{cpu_seconds, median, percentile, rss_mib};
+use super::{AT_REST_AFTER, cpu_seconds, median, percentile, rss_mib};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -572,11 +572,13 @@ fn measure(sc: &Scene, rounds: usize) -> anyhow::Result<()> {
     let hwm = rss_mib(wp_pid, "VmHWM:");
     let rss_end = rss_mib(wp_pid, "VmRSS:");
     let anon_end = rss_mib(wp_pid, "RssAnon:");
+    std::thread::sleep(AT_REST_AFTER);
+    let rest = (rss_mib(wp_pid, "VmRSS:"), rss_mib(wp_pid, "RssAnon:"));
     report(
         &m,
         rounds,
         idle_rss,
-        (rss_end, anon_end),
+        [(rss_end, anon_end), rest],
         hwm,
         started.elapsed(),
     );
@@ -587,7 +589,7 @@ fn report(
     m: &BTreeMap<(Proto, u64, Path), Vec<Sample>>,
     rounds: usize,
     idle_rss: f64,
-    (rss_end, anon_end): (f64, f64),
+    [(rss_end, anon_end), (rss_rest, anon_rest)]: [(f64, f64); 2],
     hwm: f64,
     took: Duration,
 ) {
@@ -684,7 +686,8 @@ fn report(
         }
     }
     println!(
-        "\nwaypoint memory: VmRSS {idle_rss:.1} MiB idle, {rss_end:.1} MiB at the end ({anon_end:.1} MiB of it anonymous, the rest code mapped from the page cache); peak (VmHWM) {hwm:.1} MiB"
+        "\nwaypoint memory: VmRSS {idle_rss:.1} MiB idle, {rss_end:.1} MiB at the end ({anon_end:.1} MiB of it anonymous, the rest code mapped from the page cache), {rss_rest:.1} MiB {} s later ({anon_rest:.1} anonymous); peak (VmHWM) {hwm:.1} MiB",
+        AT_REST_AFTER.as_secs()
     );
     println!(
         "Istio's Envoy waypoint, for reference: about 0.25 vCPU and 60 MB per 1000 requests/s."
