@@ -22,7 +22,8 @@ const TRIM_THRESHOLD: libc::c_int = 8 * 1024 * 1024;
 /// One arena for every thread. `malloc_trim` returns the free top of the main arena only; a
 /// worker thread's own arena kept its top, up to [`TRIM_THRESHOLD`], for good: 2.5-3.7 MiB of
 /// an agent's 4.6-5.8 MiB anonymous RSS after the bench's load. Small allocations are served
-/// from each thread's cache without the arena's lock, and the workers are one or two.
+/// from each thread's cache without the arena's lock, and by default the workers are one or
+/// two.
 #[cfg(target_env = "gnu")]
 const ARENA_MAX: libc::c_int = 1;
 
