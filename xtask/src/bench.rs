@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The proxies hand free pages back every 10 s: what they keep once the load is over shows
-/// this long after it.
+/// The proxies hand free pages back every 10 s (`ztunnel::memory::TRIM_EVERY`): what they
+/// keep once the load is over shows this long after it.
 pub const AT_REST_AFTER: Duration = Duration::from_secs(11);
 
 const SOCKS: SocketAddr =
@@ -338,6 +338,11 @@ fn rss_mib(pid: u32, field: &str) -> f64 {
         / 1024.0
 }
 
+/// Resident memory and its anonymous part (heap, stacks), in MiB.
+fn rss_and_anon(pid: u32) -> (f64, f64) {
+    (rss_mib(pid, "VmRSS:"), rss_mib(pid, "RssAnon:"))
+}
+
 /// vCPU used by what carries `path` (both agents, or both relays) while 4 connections carry
 /// `rate` requests per second in all.
 fn cpu_at(sc: &Scene, path: Path, rate: u64, secs: f64) -> anyhow::Result<f64> {
@@ -537,10 +542,7 @@ fn measure(sc: &Scene, mode: &str, rounds: usize, only: Option<&str>) -> anyhow:
     };
     let at_rest: Vec<(f64, f64)> = if only.is_none() {
         std::thread::sleep(AT_REST_AFTER);
-        sc.agent_pids()
-            .into_iter()
-            .map(|pid| (rss_mib(pid, "VmRSS:"), rss_mib(pid, "RssAnon:")))
-            .collect()
+        sc.agent_pids().into_iter().map(rss_and_anon).collect()
     } else {
         Vec::new()
     };

@@ -18,7 +18,7 @@
 //! difference, the waypoint's CPU (utime + stime over the measurement) per 1000 requests/s
 //! and its memory (VmRSS, VmHWM).
 
-use super::{AT_REST_AFTER, cpu_seconds, median, percentile, rss_mib};
+use super::{AT_REST_AFTER, cpu_seconds, median, percentile, rss_and_anon, rss_mib};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -570,18 +570,10 @@ fn measure(sc: &Scene, rounds: usize) -> anyhow::Result<()> {
         }
     }
     let hwm = rss_mib(wp_pid, "VmHWM:");
-    let rss_end = rss_mib(wp_pid, "VmRSS:");
-    let anon_end = rss_mib(wp_pid, "RssAnon:");
+    let end = rss_and_anon(wp_pid);
     std::thread::sleep(AT_REST_AFTER);
-    let rest = (rss_mib(wp_pid, "VmRSS:"), rss_mib(wp_pid, "RssAnon:"));
-    report(
-        &m,
-        rounds,
-        idle_rss,
-        [(rss_end, anon_end), rest],
-        hwm,
-        started.elapsed(),
-    );
+    let rest = rss_and_anon(wp_pid);
+    report(&m, rounds, idle_rss, [end, rest], hwm, started.elapsed());
     Ok(())
 }
 

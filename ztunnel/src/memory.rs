@@ -20,8 +20,8 @@ const MMAP_THRESHOLD: libc::c_int = 1024 * 1024;
 const TRIM_THRESHOLD: libc::c_int = 8 * 1024 * 1024;
 
 /// One arena for every thread. `malloc_trim` returns the free top of the main arena only; a
-/// worker thread's own arena kept its top, up to [`TRIM_THRESHOLD`], for good: 2.5-3.7 MiB of
-/// an agent's 4.6-5.8 MiB anonymous RSS after the bench's load. Small allocations are served
+/// worker thread's own arena kept its top, up to [`TRIM_THRESHOLD`], for good (2.5-3.7 MiB
+/// of an agent's 4.6-5.8 MiB anonymous RSS after one bench run's load). Small allocations are served
 /// from each thread's cache without the arena's lock, and by default the workers are one or
 /// two.
 #[cfg(target_env = "gnu")]
