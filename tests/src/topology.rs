@@ -7,21 +7,26 @@ use crate::netns::Veth;
 use crate::probe;
 use crate::{NetNs, Process};
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A pod: its namespace, address and identity.
+/// A pod: its namespace, addresses and identity.
 pub struct Pod {
     pub name: String,
     pub service_account: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub ns: NetNs,
 }
 
 impl Pod {
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(self.ip), port)
+    }
+
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V6(self.ip6), port)
     }
 
     pub fn identity(&self) -> String {
@@ -36,7 +41,8 @@ impl Pod {
 pub const SERVICE_HOST: &str = "web.default.svc.cluster.local";
 pub const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
-/// Two pods on one link: `client` at 10.77.0.1 and `server` at 10.77.0.2, and a service
+/// Two pods on one link: `client` at 10.77.0.1 and fd00:77::1, `server` at 10.77.0.2 and
+/// fd00:77::2, and a service
 /// [`SERVICE_HOST`] at [`SERVICE_VIP`]:80 in front of the server's port 8080.
 pub struct Topology {
     pub dir: PathBuf,
@@ -74,15 +80,23 @@ impl Topology {
             name: "client".into(),
             service_account: "client".into(),
             ip: Ipv4Addr::new(10, 77, 0, 1),
+            ip6: Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 1),
             ns: NetNs::new("mc")?,
         };
         let server = Pod {
             name: "server".into(),
             service_account: "server".into(),
             ip: Ipv4Addr::new(10, 77, 0, 2),
+            ip6: Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2),
             ns: NetNs::new("ms")?,
         };
         let link = Veth::new(&client.ns, client.ip, &server.ns, server.ip)?;
+        for (pod, dev) in [(&client, &link.a_name), (&server, &link.b_name)] {
+            // `nodad`: usable at once, not after duplicate address detection.
+            let addr = format!("{}/64", pod.ip6);
+            let ns = pod.ns.name();
+            crate::netns::ip(&["-n", ns, "addr", "add", &addr, "dev", dev, "nodad"])?;
+        }
         let ca_dir = dir.join("ca");
         run(Command::new(&ztunnel).arg("create-ca").arg(&ca_dir))?;
         let t = Topology {
@@ -115,10 +129,11 @@ impl Topology {
         ] {
             writeln!(
                 y,
-                "- uid: Kubernetes//v1/Pod/default/{name}\n  name: {name}\n  namespace: default\n  trustDomain: cluster.local\n  serviceAccount: {sa}\n  workloadIps: [\"{ip}\"]\n  protocol: HBONE\n  node: node-{name}\n  services: {services}",
+                "- uid: Kubernetes//v1/Pod/default/{name}\n  name: {name}\n  namespace: default\n  trustDomain: cluster.local\n  serviceAccount: {sa}\n  workloadIps: [\"{ip}\", \"{ip6}\"]\n  protocol: HBONE\n  node: node-{name}\n  services: {services}",
                 name = p.name,
                 sa = p.service_account,
-                ip = p.ip
+                ip = p.ip,
+                ip6 = p.ip6
             )?;
         }
         writeln!(

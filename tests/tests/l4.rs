@@ -85,6 +85,41 @@ fn socks5_request_arrives_byte_exact_over_mtls_only() {
 }
 
 #[test]
+fn ipv6_is_carried_over_hbone_to_the_pods_ipv6_address_as_istio_listens_dual_stack() {
+    let t = Topology::new().unwrap();
+    let _echo = EchoServer::start(&t.server.ns, t.server.addr6(8080)).unwrap();
+    let server_agent = t.start_agent(&t.server, &t.ca_dir).unwrap();
+    let _client_agent = t.start_agent(&t.client, &t.ca_dir).unwrap();
+    let capture = Capture::start(&t.client.ns, &t.link.a_name, &t.dir).unwrap();
+
+    let data = payload(100_000);
+    let s = probe::socks5(&t.client.ns, SOCKS, t.server.addr6(8080)).unwrap();
+    assert_eq!(probe::round_trip(s, &data).unwrap(), data);
+
+    let (packets, raw) = capture.finish().unwrap();
+    assert!(!packets.is_empty(), "nothing captured between the pods");
+    let hbone = format!("{}.15008", t.server.ip6);
+    for p in &packets {
+        assert!(p.contains(&hbone), "a packet not to or from {hbone}: {p}");
+    }
+    assert!(
+        !probe::contains(&raw, b"MESH-PLAINTEXT-CANARY"),
+        "the payload appeared in clear on the wire"
+    );
+    let m = server_agent.metrics(&t.server).unwrap();
+    let received = metric(
+        &m,
+        "istio_tcp_received_bytes_total",
+        &[
+            r#"reporter="destination""#,
+            r#"source_principal="spiffe://cluster.local/ns/default/sa/client""#,
+        ],
+    )
+    .unwrap_or_else(|| panic!("no series naming the client's principal:\n{m}"));
+    assert_eq!(received as usize, data.len());
+}
+
+#[test]
 fn plaintext_to_the_hbone_port_is_refused() {
     let t = Topology::new().unwrap();
     let _echo = EchoServer::start(&t.server.ns, t.server.addr(8080)).unwrap();

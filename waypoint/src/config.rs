@@ -1,7 +1,7 @@
 //! Settings of `waypoint run`: flags with environment fallbacks (Istio's names where the
 //! agent has them), validated into a plain [`Config`].
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 use waypoint_rules::ObjectRef;
@@ -58,9 +58,10 @@ pub struct Listeners {
 }
 
 impl Default for Listeners {
-    /// Istio's ports: HBONE 15008, admin 15000 on loopback, metrics 15020, readiness 15021.
+    /// Istio's ports: HBONE 15008, admin 15000 on loopback, metrics 15020, readiness 15021;
+    /// `[::]` is dual-stack (see [`ztunnel::proxy::bind`]).
     fn default() -> Self {
-        let any = |p| SocketAddr::from((Ipv4Addr::UNSPECIFIED, p));
+        let any = |p| SocketAddr::from((Ipv6Addr::UNSPECIFIED, p));
         Self {
             hbone: any(15008),
             admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 15000)),

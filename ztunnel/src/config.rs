@@ -2,7 +2,7 @@
 //! into a plain [`Config`] that the rest of the agent takes. Tests build `Config` directly.
 
 use clap::builder::BoolishValueParser;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -110,9 +110,10 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Istio's ports: data ports on every address, admin and SOCKS5 on loopback.
+    /// Istio's ports: data, metrics and readiness ports on every address (`[::]`, which takes
+    /// IPv4 too, as Istio's ztunnel binds), admin and SOCKS5 on loopback.
     pub fn standard(socks5: bool) -> Self {
-        let any = |p| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p);
+        let any = |p| SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), p);
         let lo = |p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p);
         Self {
             outbound: any(mesh_common::OUTBOUND_PORT),

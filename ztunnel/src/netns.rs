@@ -87,25 +87,7 @@ impl PodNetns {
         addr: std::net::SocketAddr,
         mark: Option<u32>,
     ) -> io::Result<std::net::TcpListener> {
-        run_in(&self.file, || {
-            let s = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM,
-                None,
-            )?;
-            if let Some(m) = mark {
-                s.set_mark(m)?;
-            }
-            s.set_reuse_address(true)?;
-            if addr.is_ipv6() {
-                // An IPv6 listener takes IPv4 too (as `::ffff:a.b.c.d`).
-                s.set_only_v6(false)?;
-            }
-            s.bind(&addr.into())?;
-            s.listen(1024)?;
-            s.set_nonblocking(true)?;
-            Ok::<_, io::Error>(std::net::TcpListener::from(s))
-        })?
+        run_in(&self.file, || crate::sys::listen(addr, mark))?
     }
 
     /// Whether the namespace is still there (its path still names the namespace we hold).

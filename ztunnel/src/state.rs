@@ -230,13 +230,6 @@ impl State {
         self.workloads.get(self.workload_by_ip.get(&key)?)
     }
 
-    /// The workload named `namespace/name`.
-    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
-        self.workloads
-            .values()
-            .find(|w| w.namespace == namespace && w.name == name)
-    }
-
     pub fn service_by_vip(&self, network: &str, ip: IpAddr) -> Option<&Arc<Service>> {
         let key = NetworkAddress {
             network: network.to_owned(),

@@ -1,4 +1,5 @@
-//! The few raw socket options that std, tokio and socket2 do not offer.
+//! Sockets below std and tokio: the raw options they do not offer, listeners with our
+//! options, and the form of the addresses they report.
 #![allow(unsafe_code)]
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -6,6 +7,33 @@ use std::os::fd::AsRawFd;
 
 /// `SO_ORIGINAL_DST` (and its IPv6 twin), the destination before redirection.
 const SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// A non-blocking listener on `addr` (in the calling thread's namespace) with `mark` set; an
+/// IPv6 address takes IPv4 too (as `::ffff:a.b.c.d`).
+pub fn listen(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<std::net::TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if let Some(m) = mark {
+        s.set_mark(m)?;
+    }
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// `addr` with an IPv4-mapped IPv6 address, as a dual-stack listener names its IPv4 ends
+/// (`::ffff:a.b.c.d`), turned back into IPv4: policy, metrics and lookups want it so.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
 
 /// The original destination of a redirected connection, or `None` when it was not redirected.
 pub fn original_dst(socket: &impl AsRawFd) -> Option<SocketAddr> {

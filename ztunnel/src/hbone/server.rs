@@ -126,19 +126,16 @@ where
     H: Fn(IncomingStream) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    // A dual-stack listener names IPv4 ends `::ffff:a.b.c.d`; policy, metrics and the
-    // authority check want them as IPv4.
-    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
     let peer = tcp
         .peer_addr()
-        .map(canonical)
+        .map(crate::sys::canonical)
         .map_err(|source| ServeError::Tls {
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
         })?;
     let local = tcp
         .local_addr()
-        .map(canonical)
+        .map(crate::sys::canonical)
         .map_err(|source| ServeError::Tls { peer, source })?;
     let _ = tcp.set_nodelay(true);
     let handshake = async {

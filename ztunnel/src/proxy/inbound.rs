@@ -50,7 +50,10 @@ fn server_tls(
     configs: &crate::tls::ServerConfigs,
     stream: &tokio::net::TcpStream,
 ) -> Result<(Arc<rustls::ServerConfig>, String), String> {
-    let local = stream.local_addr().map_err(|e| e.to_string())?;
+    let local = stream
+        .local_addr()
+        .map(crate::sys::canonical)
+        .map_err(|e| e.to_string())?;
     let state = inputs.state.snapshot();
     let id = match state.workload_by_ip(&inputs.cfg.network, local.ip()) {
         Some(w) if inputs.is_local(w) => w.identity(),

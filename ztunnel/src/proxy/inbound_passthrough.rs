@@ -28,10 +28,8 @@ pub async fn serve(
 }
 
 async fn handle(inputs: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
-    // A dual-stack listener (shared mode) names IPv4 peers and destinations `::ffff:a.b.c.d`.
-    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
-    let peer = canonical(peer);
-    let Some(dst) = inputs.original_dst(&client).map(canonical) else {
+    // `peer` and the original destination come canonical (IPv4 as IPv4) from the accept loop.
+    let Some(dst) = inputs.original_dst(&client) else {
         return reset(client);
     };
     let state = inputs.state.snapshot();

@@ -14,7 +14,7 @@ use crate::hbone::client::{Dialer, Pool};
 use crate::identity::{CertManager, Identity};
 use crate::metrics::Metrics;
 use crate::state::{Picker, State, StateHandle, Workload};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -90,15 +90,18 @@ impl ProxyInputs {
         })
     }
 
-    /// Whether these inputs serve `w`: the pod (shared mode), the dedicated workload, or any
-    /// workload of this node.
+    /// Whether these inputs serve `w`: the pod (shared mode), the dedicated workload (matched
+    /// on namespace, name and service account, as Istio's ztunnel finds it), or any workload
+    /// of this node.
     pub fn is_local(&self, w: &Workload) -> bool {
         if let Some(uid) = &self.pod {
             return &w.uid == uid;
         }
         match (&self.cfg.proxy_mode, &self.cfg.workload_info) {
             (ProxyMode::Dedicated, Some(info)) => {
-                w.namespace == info.namespace && w.name == info.name
+                w.namespace == info.namespace
+                    && w.name == info.name
+                    && w.service_account == info.service_account
             }
             _ => !self.cfg.node_name.is_empty() && w.node == self.cfg.node_name,
         }
@@ -114,7 +117,7 @@ impl ProxyInputs {
             return Some((Some(w), id));
         }
         let info = self.cfg.workload_info.as_ref()?;
-        let w = state.workload_by_name(&info.namespace, &info.name).cloned();
+        let w = state.workloads().find(|w| self.is_local(w)).cloned();
         let trust_domain = w
             .as_ref()
             .map_or(self.cfg.trust_domain.as_str(), |w| w.trust_domain.as_str());
@@ -147,17 +150,35 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// Binds a listener. `[::]` is dual-stack (IPv4 clients arrive as `::ffff:a.b.c.d`, which
+/// [`accept_loop`] and [`ProxyInputs::original_dst`] turn back into IPv4); in a namespace
+/// without IPv6 it falls back to `0.0.0.0`.
 pub async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    let err = |source| BindError { name, addr, source };
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
+    let wildcard6 = addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    match listen(addr) {
+        Err(e) if wildcard6 && no_ipv6(&e) => {
+            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
+            tracing::warn!(listener = name, error = %e, "no IPv6 here: listening on {v4} only");
+            listen(v4).map_err(|source| BindError {
+                name,
+                addr: v4,
+                source,
+            })
+        }
+        r => r.map_err(|source| BindError { name, addr, source }),
     }
-    .map_err(err)?;
-    socket.set_reuseaddr(true).map_err(err)?;
-    socket.bind(addr).map_err(err)?;
-    socket.listen(1024).map_err(err)
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(crate::sys::listen(addr, None)?)
+}
+
+/// Whether a bind failed because this namespace or kernel has no IPv6.
+fn no_ipv6(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+    )
 }
 
 impl ProxyInputs {
@@ -170,9 +191,11 @@ impl ProxyInputs {
                 .ok()
                 .and_then(|p| lookup.take(*cookie, p))
         {
-            return Some(dst);
+            return Some(crate::sys::canonical(dst));
         }
-        crate::sys::original_dst(stream).or_else(|| stream.local_addr().ok())
+        crate::sys::original_dst(stream)
+            .or_else(|| stream.local_addr().ok())
+            .map(crate::sys::canonical)
     }
 }
 
@@ -212,6 +235,7 @@ pub async fn accept_loop<F, Fut>(
             }
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
+                    let peer = crate::sys::canonical(peer);
                     let _ = stream.set_nodelay(true);
                     // The task holds a drain receiver until it ends: drain waits for all.
                     let held = drain.clone();
