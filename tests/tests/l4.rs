@@ -289,6 +289,34 @@ fn a_service_port_without_endpoints_is_refused_not_passed_through() {
     );
 }
 
+/// As Istio's ztunnel reports it: the service the client dialled (sent along as
+/// `forwarded: host=`), and for a client that dialled the pod, the service on that port.
+#[test]
+fn the_destinations_metrics_name_the_service() {
+    let t = Topology::new().unwrap();
+    let _echo = EchoServer::start(&t.server.ns, t.server.addr(8080)).unwrap();
+    let server_agent = t.start_agent(&t.server, &t.ca_dir).unwrap();
+    let _client_agent = t.start_agent(&t.client, &t.ca_dir).unwrap();
+    let vip = SocketAddr::from((mesh_tests::topology::SERVICE_VIP, 80));
+    for (dst, data) in [(vip, payload(300)), (t.server.addr(8080), payload(500))] {
+        let s = probe::socks5(&t.client.ns, SOCKS, dst).unwrap();
+        assert_eq!(probe::round_trip(s, &data).unwrap(), data);
+    }
+    let service = format!(
+        r#"destination_service="{}""#,
+        mesh_tests::topology::SERVICE_HOST
+    );
+    eventually(
+        Duration::from_secs(5),
+        "800 bytes counted for the service",
+        || {
+            let m = server_agent.metrics(&t.server).ok()?;
+            let labels = [r#"reporter="destination""#, service.as_str()];
+            (metric(&m, "istio_tcp_received_bytes_total", &labels) == Some(800.0)).then_some(())
+        },
+    );
+}
+
 #[test]
 fn a_bad_config_file_stops_start_up_with_file_and_line() {
     let t = Topology::new().unwrap();

@@ -250,6 +250,33 @@ impl State {
         self.services.iter().find(|s| s.hostname == host)
     }
 
+    /// The service an inbound connection to `w` on `port` was for, as Istio's ztunnel guesses
+    /// it for its metrics: among the services that front `w`, the one the client named
+    /// (`forwarded: host=`), else the first with `port` as a target port.
+    pub fn inbound_service(
+        &self,
+        w: &Workload,
+        port: u16,
+        named: Option<&str>,
+    ) -> Option<Arc<Service>> {
+        let fronting = || {
+            self.services.iter().filter_map(|s| {
+                let ep = s.endpoints.iter().find(|e| e.workload_uid == w.uid)?;
+                Some((s, ep))
+            })
+        };
+        named
+            .and_then(|host| fronting().find(|(s, _)| s.hostname == host))
+            .or_else(|| {
+                fronting().find(|(s, ep)| {
+                    s.ports.iter().any(|(service_port, target)| {
+                        *target == port || ep.ports.get(service_port) == Some(&port)
+                    })
+                })
+            })
+            .map(|(s, _)| s.clone())
+    }
+
     /// The policies that apply to `workload`: global ones, its namespace's, and those that
     /// select it by name.
     pub fn policies_for<'a>(

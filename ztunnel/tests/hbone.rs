@@ -279,6 +279,7 @@ async fn connect_answers_carry_istio_status_codes() {
                 key: PoolKey::new(id("client"), vec![id("server")], hbone),
                 authority,
                 forwarded_for: None,
+                forwarded_host: None,
                 baggage: None,
             };
             match pool.connect(&c).await {
@@ -393,6 +394,7 @@ async fn a_client_certificate_from_a_foreign_ca_is_refused() {
         ),
         authority: SocketAddr::new(net.ip(3), 8080),
         forwarded_for: None,
+        forwarded_host: None,
         baggage: None,
     };
     assert!(matches!(
@@ -415,6 +417,7 @@ async fn the_client_refuses_a_server_with_an_unexpected_identity() {
         ),
         authority: SocketAddr::new(net.ip(3), 8080),
         forwarded_for: None,
+        forwarded_host: None,
         baggage: None,
     };
     match pool.connect(&c).await {

@@ -99,6 +99,8 @@ impl Connections {
                 ),
                 authority: addr,
                 forwarded_for,
+                // The destination's agent tells the service from the target port.
+                forwarded_host: None,
                 baggage: None,
             };
             let tunnel = self

@@ -412,6 +412,23 @@ services:
     }
 
     #[test]
+    fn inbound_metrics_name_the_service_the_client_named_else_the_one_on_the_port() {
+        let text = "workloads:\n- uid: w\n  name: w\n  namespace: n\n  workloadIps: [\"10.0.0.1\"]\n  services: {\"n/a.n.svc\": {80: 8080}, \"n/b.n.svc\": {81: 8080, 90: 9090}}\nservices:\n- {name: a, namespace: n, hostname: a.n.svc, vips: [\"/10.96.0.1\"], ports: {80: 8080}}\n- {name: b, namespace: n, hostname: b.n.svc, vips: [\"/10.96.0.2\"], ports: {81: 8080, 90: 9090}}\n- {name: c, namespace: n, hostname: c.n.svc, vips: [\"/10.96.0.3\"], ports: {80: 8080}}\n";
+        let s = parse(Path::new("f.yaml"), text, &defaults()).unwrap();
+        let w = s.workload_by_uid("w").unwrap();
+        let host = |port, named| {
+            s.inbound_service(w, port, named)
+                .map(|s| s.hostname.clone())
+        };
+        assert_eq!(host(8080, Some("b.n.svc")).as_deref(), Some("b.n.svc"));
+        assert_eq!(host(8080, None).as_deref(), Some("a.n.svc"));
+        assert_eq!(host(9090, None).as_deref(), Some("b.n.svc"));
+        // A service that does not front the workload is not believed, whoever names it.
+        assert_eq!(host(8080, Some("c.n.svc")).as_deref(), Some("a.n.svc"));
+        assert_eq!(host(7070, None), None);
+    }
+
+    #[test]
     fn unknown_field_is_reported_with_file_and_line() {
         let text = "workloads:\n- name: a\n  namespace: default\n  workloadIps: [\"10.0.0.1\"]\n  protocl: HBONE\n";
         let err = parse(Path::new("/etc/mesh.yaml"), text, &defaults())

@@ -84,6 +84,9 @@ pub struct Connect {
     pub authority: SocketAddr,
     /// The original client address, sent as `forwarded: for="<addr>"`.
     pub forwarded_for: Option<SocketAddr>,
+    /// The service hostname the client dialled, sent as `forwarded: ...;host=<hostname>` (as
+    /// Istio's ztunnel does, so that the destination's metrics name the service).
+    pub forwarded_host: Option<String>,
     /// Istio's `baggage` header describing the source workload.
     pub baggage: Option<String>,
 }
@@ -457,8 +460,8 @@ async fn send_connect(
         .method(Method::CONNECT)
         .uri(req.authority.to_string())
         .version(http::Version::HTTP_2);
-    if let Some(f) = req.forwarded_for {
-        builder = builder.header(super::FORWARDED, forwarded_value(f));
+    if let Some(f) = forwarded_value(req.forwarded_for, req.forwarded_host.as_deref()) {
+        builder = builder.header(super::FORWARDED, f);
     }
     if let Some(b) = &req.baggage {
         builder = builder.header(super::BAGGAGE, b);
@@ -491,7 +494,45 @@ async fn send_connect(
     Ok(H2Stream::new(send, response.into_body()).with_slot(slot))
 }
 
-/// `for="<addr>"`, with IPv6 addresses bracketed as RFC 7239 asks.
-fn forwarded_value(addr: SocketAddr) -> String {
-    format!("for=\"{addr}\"")
+/// `for="<addr>";host=<hostname>` (either part alone when the other is unknown), with IPv6
+/// addresses bracketed as RFC 7239 asks. A hostname that is not a plain DNS name is left out
+/// rather than let break the request.
+fn forwarded_value(addr: Option<SocketAddr>, host: Option<&str>) -> Option<String> {
+    let host = host.filter(|h| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    });
+    match (addr, host) {
+        (Some(a), Some(h)) => Some(format!("for=\"{a}\";host={h}")),
+        (Some(a), None) => Some(format!("for=\"{a}\"")),
+        (None, Some(h)) => Some(format!("host={h}")),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_value;
+
+    #[test]
+    fn forwarded_names_the_client_and_the_service_as_istio_sends_them() {
+        let v4 = "10.0.0.1:4000".parse().ok();
+        let v6 = "[fd00::1]:4000".parse().ok();
+        let svc = Some("web.default.svc.cluster.local");
+        assert_eq!(
+            forwarded_value(v4, svc).as_deref(),
+            Some("for=\"10.0.0.1:4000\";host=web.default.svc.cluster.local")
+        );
+        assert_eq!(
+            forwarded_value(v6, None).as_deref(),
+            Some("for=\"[fd00::1]:4000\"")
+        );
+        // A hostname that would not be a valid header value is left out, not sent broken.
+        assert_eq!(
+            forwarded_value(v4, Some("a\nb")).as_deref(),
+            Some("for=\"10.0.0.1:4000\"")
+        );
+        assert_eq!(forwarded_value(None, None), None);
+    }
 }

@@ -52,6 +52,17 @@ impl IncomingStream {
         forwarded_for(v)
     }
 
+    /// The service hostname the client says it dialled, from `forwarded: host=...`.
+    pub fn forwarded_host(&self) -> Option<&str> {
+        let v = self
+            .request
+            .headers()
+            .get(super::FORWARDED)?
+            .to_str()
+            .ok()?;
+        forwarded_param(v, "host")
+    }
+
     /// Answers with an error status and ends the stream.
     pub fn reject(mut self, status: StatusCode) {
         let response = Response::builder().status(status).body(());
@@ -77,16 +88,22 @@ impl IncomingStream {
 /// or a bare address (`for=10.0.0.1`, `for="[::1]"`) as older Istio versions send it, with
 /// port 0 then.
 fn forwarded_for(value: &str) -> Option<SocketAddr> {
+    forwarded_param(value, "for").and_then(|p| {
+        p.parse().ok().or_else(|| {
+            let ip = p.trim_start_matches('[').trim_end_matches(']');
+            ip.parse().ok().map(|ip| SocketAddr::new(ip, 0))
+        })
+    })
+}
+
+/// The first `name=value` of a `forwarded` header (RFC 7239), unquoted.
+fn forwarded_param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
     value
         .split([';', ','])
-        .filter_map(|p| p.trim().strip_prefix("for="))
-        .map(|p| p.trim_matches('"'))
-        .find_map(|p| {
-            p.parse().ok().or_else(|| {
-                let ip = p.trim_start_matches('[').trim_end_matches(']');
-                ip.parse().ok().map(|ip| SocketAddr::new(ip, 0))
-            })
-        })
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim_matches('"'))
+        .filter(|v| !v.is_empty())
 }
 
 /// Why an HBONE connection ended before or during serving.
@@ -209,6 +226,20 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_host_is_read_from_either_place() {
+        assert_eq!(
+            forwarded_param("for=\"10.0.0.1:4000\";host=web.default.svc", "host"),
+            Some("web.default.svc")
+        );
+        assert_eq!(
+            forwarded_param("host=\"a.b\";for=1.2.3.4", "host"),
+            Some("a.b")
+        );
+        assert_eq!(forwarded_param("for=\"10.0.0.1:4000\"", "host"), None);
+        assert_eq!(forwarded_param("host=", "host"), None);
+    }
 
     #[test]
     fn forwarded_for_reads_the_forms_istio_sends() {

@@ -134,7 +134,11 @@ pub async fn handle(inputs: Arc<ProxyInputs>, incoming: IncomingStream) {
         dst_addr: incoming.local_addr,
         hbone_addr: Some(authority),
         dst_workload: Some(dst_workload.clone()),
-        dst_service: None,
+        dst_service: state.inbound_service(
+            &dst_workload,
+            authority.port(),
+            incoming.forwarded_host(),
+        ),
         dst_identity: Some(dst_workload.identity()),
         mtls: true,
     };

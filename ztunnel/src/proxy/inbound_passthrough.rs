@@ -55,7 +55,7 @@ async fn handle(inputs: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAdd
         dst_addr: dst,
         hbone_addr: None,
         dst_workload: Some(dst_workload.clone()),
-        dst_service: None,
+        dst_service: state.inbound_service(&dst_workload, dst.port(), None),
         dst_identity: None,
         mtls: false,
     };

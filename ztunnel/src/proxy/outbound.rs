@@ -33,7 +33,8 @@ pub async fn serve(
 enum Route {
     Hbone {
         upstream: Upstream,
-        connect: Connect,
+        /// Boxed: the largest part of the route, by far.
+        connect: Box<Connect>,
     },
     Tcp {
         upstream: Option<Upstream>,
@@ -107,6 +108,7 @@ pub async fn proxy(
                 key: PoolKey::new(src_id.clone(), vec![wp.workload.identity()], wp.addr),
                 authority,
                 forwarded_for: Some(origin),
+                forwarded_host: up.service.as_ref().map(|s| s.hostname.clone()),
                 baggage: src_workload.as_deref().map(baggage),
             };
             let upstream = Upstream {
@@ -114,7 +116,10 @@ pub async fn proxy(
                 addr: authority,
                 service: up.service,
             };
-            Route::Hbone { upstream, connect }
+            Route::Hbone {
+                upstream,
+                connect: Box::new(connect),
+            }
         }
         (_, upstream) => direct(
             &inputs,
@@ -207,11 +212,12 @@ fn direct(
                 key: PoolKey::new(src_id.clone(), expected, hbone),
                 authority: up.addr,
                 forwarded_for: Some(origin),
+                forwarded_host: up.service.as_ref().map(|s| s.hostname.clone()),
                 baggage: src_workload.map(baggage),
             };
             Route::Hbone {
                 upstream: up,
-                connect,
+                connect: Box::new(connect),
             }
         }
         Some(up) => Route::Tcp {
