@@ -24,6 +24,21 @@ fn payload(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Stops `capture` and checks that every packet was to or from `server_ip` port 15008 and that
+/// the payload never showed in clear; returns how many packets there were.
+fn only_hbone_on_the_wire(capture: Capture, server_ip: &str) -> usize {
+    let (packets, raw) = capture.finish().unwrap();
+    let hbone = format!("{server_ip}.15008");
+    for p in &packets {
+        assert!(p.contains(&hbone), "a packet not to or from {hbone}: {p}");
+    }
+    assert!(
+        !probe::contains(&raw, b"MESH-PLAINTEXT-CANARY"),
+        "the payload appeared in clear on the wire"
+    );
+    packets.len()
+}
+
 #[test]
 fn socks5_request_arrives_byte_exact_over_mtls_only() {
     let t = Topology::new().unwrap();
@@ -45,23 +60,8 @@ fn socks5_request_arrives_byte_exact_over_mtls_only() {
     assert_eq!(back.len(), big.len());
     assert!(back == big, "64 MiB did not come back byte-exact");
 
-    let (packets, raw) = capture.finish().unwrap();
-    assert!(
-        packets.len() > 100,
-        "captured only {} packets",
-        packets.len()
-    );
-    let hbone_a = format!("{}.15008", t.server.ip);
-    for p in &packets {
-        assert!(
-            p.contains(&hbone_a),
-            "a packet between the pods not on port 15008: {p}"
-        );
-    }
-    assert!(
-        !probe::contains(&raw, b"MESH-PLAINTEXT-CANARY"),
-        "the payload appeared in clear on the wire"
-    );
+    let packets = only_hbone_on_the_wire(capture, &t.server.ip.to_string());
+    assert!(packets > 100, "captured only {packets} packets");
 
     let m = _server_agent.metrics(&t.server).unwrap();
     let received = metric(
@@ -96,16 +96,8 @@ fn ipv6_is_carried_over_hbone_to_the_pods_ipv6_address_as_istio_listens_dual_sta
     let s = probe::socks5(&t.client.ns, SOCKS, t.server.addr6(8080)).unwrap();
     assert_eq!(probe::round_trip(s, &data).unwrap(), data);
 
-    let (packets, raw) = capture.finish().unwrap();
-    assert!(!packets.is_empty(), "nothing captured between the pods");
-    let hbone = format!("{}.15008", t.server.ip6);
-    for p in &packets {
-        assert!(p.contains(&hbone), "a packet not to or from {hbone}: {p}");
-    }
-    assert!(
-        !probe::contains(&raw, b"MESH-PLAINTEXT-CANARY"),
-        "the payload appeared in clear on the wire"
-    );
+    let packets = only_hbone_on_the_wire(capture, &t.server.ip6.to_string());
+    assert!(packets > 0, "nothing captured between the pods");
     let m = server_agent.metrics(&t.server).unwrap();
     let received = metric(
         &m,

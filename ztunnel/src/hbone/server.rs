@@ -43,24 +43,16 @@ impl IncomingStream {
 
     /// The original client address from `forwarded: for="..."`, if sent.
     pub fn forwarded_for(&self) -> Option<SocketAddr> {
-        let v = self
-            .request
-            .headers()
-            .get(super::FORWARDED)?
-            .to_str()
-            .ok()?;
-        forwarded_for(v)
+        forwarded_for(self.forwarded()?)
     }
 
     /// The service hostname the client says it dialled, from `forwarded: host=...`.
     pub fn forwarded_host(&self) -> Option<&str> {
-        let v = self
-            .request
-            .headers()
-            .get(super::FORWARDED)?
-            .to_str()
-            .ok()?;
-        forwarded_param(v, "host")
+        forwarded_param(self.forwarded()?, "host")
+    }
+
+    fn forwarded(&self) -> Option<&str> {
+        self.request.headers().get(super::FORWARDED)?.to_str().ok()
     }
 
     /// Answers with an error status and ends the stream.
