@@ -309,6 +309,45 @@ fn the_destinations_metrics_name_the_service() {
     );
 }
 
+/// The `trace_id` of the one access-log line of `direction` (outbound or inbound) for a
+/// connection to `dst`, once it is written.
+fn logged_trace_id(log: &str, direction: &str, dst: SocketAddr) -> Option<String> {
+    let line = log.lines().find(|l| {
+        l.contains("connection complete")
+            && l.contains(&format!("direction=\"{direction}\""))
+            && l.contains(&dst.to_string())
+    })?;
+    let id = line.split_once("trace_id=")?.1.split_whitespace().next()?;
+    Some(id.trim_matches('"').to_owned())
+}
+
+#[test]
+fn both_agents_log_a_connection_under_the_trace_id_sent_as_traceparent() {
+    let t = Topology::new().unwrap();
+    let _echo = EchoServer::start(&t.server.ns, t.server.addr(8080)).unwrap();
+    let server_agent = t.start_agent(&t.server, &t.ca_dir).unwrap();
+    let client_agent = t.start_agent(&t.client, &t.ca_dir).unwrap();
+    let dst = t.server.addr(8080);
+    let s = probe::socks5(&t.client.ns, SOCKS, dst).unwrap();
+    assert_eq!(probe::round_trip(s, b"traced").unwrap(), b"traced");
+
+    let (sent, adopted) = eventually(
+        Duration::from_secs(5),
+        "the connection in both access logs",
+        || {
+            let sent = logged_trace_id(&client_agent.log(), "outbound", dst)?;
+            let adopted = logged_trace_id(&server_agent.log(), "inbound", dst)?;
+            Some((sent, adopted))
+        },
+    );
+    assert_eq!(sent.len(), 32, "not a W3C trace id: {sent}");
+    assert!(sent.bytes().all(|c| c.is_ascii_hexdigit()), "{sent}");
+    assert_eq!(
+        sent, adopted,
+        "the destination did not adopt the client's trace"
+    );
+}
+
 #[test]
 fn a_bad_config_file_stops_start_up_with_file_and_line() {
     let t = Topology::new().unwrap();

@@ -9,7 +9,8 @@
 //! - [`state`], [`discovery`]: what the agent knows and where it learns it.
 //! - [`rbac`]: L4 authorization.
 //! - [`proxy`]: the listeners and the data path.
-//! - [`metrics`], [`admin`]: telemetry and the HTTP endpoints.
+//! - [`metrics`], [`admin`]: telemetry and the HTTP endpoints; [`traceparent`]: the trace id
+//!   that ties a connection's two access-log lines together.
 //! - [`app`]: wiring and drain; [`workers`]: the threads; [`logging`]: log output;
 //!   [`memory`]: the allocator's settings.
 
@@ -30,4 +31,5 @@ pub mod redirect;
 pub mod state;
 mod sys;
 pub mod tls;
+pub mod traceparent;
 pub mod workers;

@@ -7,6 +7,7 @@
 
 use crate::identity::Identity;
 use crate::state::{Service, Workload};
+use crate::traceparent::TraceId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -126,6 +127,8 @@ pub struct ConnectionInfo {
     pub dst_service: Option<Arc<Service>>,
     pub dst_identity: Option<Identity>,
     pub mtls: bool,
+    /// The trace the connection belongs to: sent on CONNECT, adopted from it inbound.
+    pub trace_id: TraceId,
 }
 
 fn or_unknown(s: &str) -> String {
@@ -254,7 +257,7 @@ impl ConnectionRecord {
             request: ByteCount::new(metrics.received.get_or_create(&labels).clone()),
             response: ByteCount::new(metrics.sent.get_or_create(&labels).clone()),
         });
-        tracing::event!(target: "access", tracing::Level::DEBUG, src.addr = %info.src_addr, dst.addr = %info.dst_addr, direction = info.direction.as_str(), "connection opened");
+        tracing::event!(target: "access", tracing::Level::DEBUG, src.addr = %info.src_addr, dst.addr = %info.dst_addr, direction = info.direction.as_str(), trace_id = %info.trace_id, "connection opened");
         Self {
             metrics,
             info,
@@ -311,6 +314,7 @@ impl Drop for ConnectionRecord {
                     dst.namespace = ns(&i.dst_workload).as_deref(),
                     dst.identity = i.dst_identity.as_ref().map(|x| x.to_string()).as_deref(),
                     direction = i.direction.as_str(),
+                    trace_id = %i.trace_id,
                     bytes_sent,
                     bytes_recv,
                     duration = %duration,

@@ -281,6 +281,7 @@ async fn connect_answers_carry_istio_status_codes() {
                 forwarded_for: None,
                 forwarded_host: None,
                 baggage: None,
+                traceparent: None,
             };
             match pool.connect(&c).await {
                 Ok(_) => 200,
@@ -396,6 +397,7 @@ async fn a_client_certificate_from_a_foreign_ca_is_refused() {
         forwarded_for: None,
         forwarded_host: None,
         baggage: None,
+        traceparent: None,
     };
     assert!(matches!(
         pool.connect(&c).await,
@@ -419,6 +421,7 @@ async fn the_client_refuses_a_server_with_an_unexpected_identity() {
         forwarded_for: None,
         forwarded_host: None,
         baggage: None,
+        traceparent: None,
     };
     match pool.connect(&c).await {
         Err(HboneError::Tls { source, .. }) => {

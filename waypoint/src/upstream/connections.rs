@@ -102,6 +102,7 @@ impl Connections {
                 // The destination's agent tells the service from the target port.
                 forwarded_host: None,
                 baggage: None,
+                traceparent: None,
             };
             let tunnel = self
                 .hbone

@@ -89,6 +89,8 @@ pub struct Connect {
     pub forwarded_host: Option<String>,
     /// Istio's `baggage` header describing the source workload.
     pub baggage: Option<String>,
+    /// The connection's trace, sent as `traceparent`.
+    pub traceparent: Option<crate::traceparent::TraceParent>,
 }
 
 /// How the pool opens its TCP connections.
@@ -465,6 +467,9 @@ async fn send_connect(
     }
     if let Some(b) = &req.baggage {
         builder = builder.header(super::BAGGAGE, b);
+    }
+    if let Some(t) = &req.traceparent {
+        builder = builder.header(super::TRACEPARENT, t.to_string());
     }
     let request = builder
         .body(())

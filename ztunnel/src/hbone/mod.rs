@@ -37,6 +37,8 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// The `forwarded` header carrying the original client address (RFC 7239).
 pub const FORWARDED: &str = "forwarded";
 pub const BAGGAGE: &str = "baggage";
+/// W3C Trace Context, one trace per tunnelled connection.
+pub const TRACEPARENT: &str = "traceparent";
 
 /// Drives keep-alive PINGs on `ping`; returns when the peer stops answering. Without a
 /// `PingPong` (already taken) it never returns.

@@ -51,6 +51,17 @@ impl IncomingStream {
         forwarded_param(self.forwarded()?, "host")
     }
 
+    /// The client's trace from `traceparent`, if it sent a valid one.
+    pub fn traceparent(&self) -> Option<crate::traceparent::TraceParent> {
+        let value = self
+            .request
+            .headers()
+            .get(super::TRACEPARENT)?
+            .to_str()
+            .ok()?;
+        crate::traceparent::TraceParent::parse(value)
+    }
+
     fn forwarded(&self) -> Option<&str> {
         self.request.headers().get(super::FORWARDED)?.to_str().ok()
     }

@@ -74,6 +74,7 @@ fn reject(incoming: IncomingStream, status: StatusCode, why: &str) {
         dst.addr = %incoming.local_addr,
         dst.hbone_addr = %incoming.request.uri(),
         direction = "inbound",
+        trace_id = incoming.traceparent().map(|t| t.trace_id().to_string()).as_deref(),
         error = %format!("{}: {why}", status.as_u16()),
         "connection failed"
     );
@@ -141,6 +142,7 @@ pub async fn handle(inputs: Arc<ProxyInputs>, incoming: IncomingStream) {
         ),
         dst_identity: Some(dst_workload.identity()),
         mtls: true,
+        trace_id: incoming.traceparent().unwrap_or_default().trace_id(),
     };
     let record = ConnectionRecord::open(inputs.metrics.clone(), info);
     if let Err(denied) = rbac::evaluate(state.policies_for(&dst_workload), &conn) {

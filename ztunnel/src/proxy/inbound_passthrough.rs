@@ -6,6 +6,7 @@ use super::{ProxyInputs, copy, is_own_port, reset};
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Direction, Outcome};
 use crate::rbac::{self, Connection};
 use crate::state::Workload;
+use crate::traceparent::TraceParent;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
@@ -58,6 +59,7 @@ async fn handle(inputs: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAdd
         dst_service: state.inbound_service(&dst_workload, dst.port(), None),
         dst_identity: None,
         mtls: false,
+        trace_id: TraceParent::new().trace_id(),
     };
     let record = ConnectionRecord::open(inputs.metrics.clone(), info);
     if let Err(denied) = rbac::evaluate(state.policies_for(&dst_workload), &conn) {

@@ -6,6 +6,7 @@ use super::{ProxyInputs, copy, is_own_port, reset};
 use crate::hbone::client::{Connect, HboneError, PoolKey};
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Direction, Outcome};
 use crate::state::{Protocol, Upstream, Workload};
+use crate::traceparent::TraceParent;
 use http::StatusCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,7 +102,7 @@ pub async fn proxy(
         },
         None => None,
     };
-    let route = match (waypoint, upstream) {
+    let mut route = match (waypoint, upstream) {
         (Some(wp), Some(up)) => {
             let authority = if up.service.is_some() { dst } else { up.addr };
             let connect = Connect {
@@ -110,6 +111,7 @@ pub async fn proxy(
                 forwarded_for: Some(origin),
                 forwarded_host: up.service.as_ref().map(|s| s.hostname.clone()),
                 baggage: src_workload.as_deref().map(baggage),
+                traceparent: None,
             };
             let upstream = Upstream {
                 workload: wp.workload,
@@ -130,6 +132,10 @@ pub async fn proxy(
             upstream,
         ),
     };
+    let trace = TraceParent::new();
+    if let Route::Hbone { connect, .. } = &mut route {
+        connect.traceparent = Some(trace);
+    }
     let (upstream, dst_identity, mtls, hbone_addr) = match &route {
         Route::Hbone { upstream, connect } => (
             Some(upstream.clone()),
@@ -153,6 +159,7 @@ pub async fn proxy(
         dst_service: upstream.as_ref().and_then(|u| u.service.clone()),
         dst_identity,
         mtls,
+        trace_id: trace.trace_id(),
     };
     let record = ConnectionRecord::open(inputs.metrics.clone(), info);
     // A copy that fails (either side reset) resets both sides: a client's RST reaches the
@@ -214,6 +221,7 @@ fn direct(
                 forwarded_for: Some(origin),
                 forwarded_host: up.service.as_ref().map(|s| s.hostname.clone()),
                 baggage: src_workload.map(baggage),
+                traceparent: None,
             };
             Route::Hbone {
                 upstream: up,
