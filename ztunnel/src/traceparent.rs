@@ -15,22 +15,11 @@ pub struct TraceParent {
 impl TraceParent {
     /// A new trace: random ids, not sampled (we export no spans).
     pub fn new() -> Self {
-        let mut b = [0u8; 24];
-        if let Err(e) = crate::sys::random_bytes(&mut b) {
-            // Unreachable on Linux 3.17+; the ids only need to tell connections apart.
-            tracing::debug!(error = %e, "getrandom failed; trace id from the clock");
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos();
-            b[..16].copy_from_slice(&now.to_le_bytes());
-            b[16..].copy_from_slice(&(now as u64 ^ u64::from(std::process::id())).to_le_bytes());
-        }
-        let (t, p) = b.split_at(16);
+        let (hi, lo, parent) = (next_random(), next_random(), next_random());
         Self {
             // W3C: all-zero ids are invalid.
-            trace_id: u128::from_le_bytes(t.try_into().unwrap_or_default()).max(1),
-            parent_id: u64::from_le_bytes(p.try_into().unwrap_or_default()).max(1),
+            trace_id: ((u128::from(hi) << 64) | u128::from(lo)).max(1),
+            parent_id: parent.max(1),
             flags: 0,
         }
     }
@@ -87,6 +76,39 @@ impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:032x}", self.0)
     }
+}
+
+thread_local! {
+    /// SplitMix64 state, seeded once per thread from the kernel: the ids only need to tell
+    /// connections apart, and a getrandom(2) per connection would sit on the accept path.
+    static STATE: std::cell::Cell<u64> = std::cell::Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    match crate::sys::random_bytes(&mut b) {
+        Ok(()) => u64::from_le_bytes(b),
+        // Unreachable on Linux 3.17+; still distinct per process and thread start.
+        Err(e) => {
+            tracing::debug!(error = %e, "getrandom failed; trace ids seeded from the clock");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            now.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
+        }
+    }
+}
+
+/// The next SplitMix64 output of this thread's generator.
+fn next_random() -> u64 {
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(x);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
 }
 
 /// `s` when it is `len` lowercase hex digits (upper case is invalid in `traceparent`).

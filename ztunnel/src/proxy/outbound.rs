@@ -102,7 +102,8 @@ pub async fn proxy(
         },
         None => None,
     };
-    let mut route = match (waypoint, upstream) {
+    let trace = TraceParent::new();
+    let route = match (waypoint, upstream) {
         (Some(wp), Some(up)) => {
             let authority = if up.service.is_some() { dst } else { up.addr };
             let connect = Connect {
@@ -111,7 +112,7 @@ pub async fn proxy(
                 forwarded_for: Some(origin),
                 forwarded_host: up.service.as_ref().map(|s| s.hostname.clone()),
                 baggage: src_workload.as_deref().map(baggage),
-                traceparent: None,
+                traceparent: Some(trace),
             };
             let upstream = Upstream {
                 workload: wp.workload,
@@ -130,12 +131,9 @@ pub async fn proxy(
             origin,
             dst,
             upstream,
+            trace,
         ),
     };
-    let trace = TraceParent::new();
-    if let Route::Hbone { connect, .. } = &mut route {
-        connect.traceparent = Some(trace);
-    }
     let (upstream, dst_identity, mtls, hbone_addr) = match &route {
         Route::Hbone { upstream, connect } => (
             Some(upstream.clone()),
@@ -207,6 +205,7 @@ fn direct(
     origin: SocketAddr,
     dst: SocketAddr,
     upstream: Option<Upstream>,
+    trace: TraceParent,
 ) -> Route {
     match upstream {
         Some(up) if up.workload.protocol == Protocol::HBONE => {
@@ -221,7 +220,7 @@ fn direct(
                 forwarded_for: Some(origin),
                 forwarded_host: up.service.as_ref().map(|s| s.hostname.clone()),
                 baggage: src_workload.map(baggage),
-                traceparent: None,
+                traceparent: Some(trace),
             };
             Route::Hbone {
                 upstream: up,
