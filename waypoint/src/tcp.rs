@@ -6,7 +6,6 @@ use crate::server::Tunnel;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
-use waypoint_rules::RequestView;
 
 /// Copies `io` to an endpoint and back.
 pub async fn passthrough<S>(
@@ -17,19 +16,8 @@ pub async fn passthrough<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // No HTTP here: rules that name methods or paths match nothing (so an ALLOW that needs
-    // them does not allow TCP).
-    let headers = http::HeaderMap::new();
-    let view = RequestView {
-        method: &http::Method::CONNECT,
-        path: "",
-        query: None,
-        headers: &headers,
-        host: "",
-        port: tunnel.port,
-    };
     let rules = wp.rules.snapshot();
-    if let Err(denied) = rules.authorize(&tunnel.target, &tunnel.peer(), &view) {
+    if let Err(denied) = rules.authorize_tcp(&tunnel.target, &tunnel.peer(), tunnel.port) {
         tracing::event!(target: "access", tracing::Level::WARN, src.identity = %tunnel.peer_identity, %authority, error = %denied, "TCP connection denied");
         return;
     }

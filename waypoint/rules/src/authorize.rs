@@ -40,6 +40,32 @@ impl Rules {
         peer: &Peer<'_>,
         req: &RequestView<'_>,
     ) -> Result<(), Denied> {
+        self.decide(service, |rule, _| rule.matches(peer, req))
+    }
+
+    /// Checks a tunnel that is not HTTP (carried as TCP) to `port` of `service`, as Istio
+    /// does for TCP: a DENY rule's HTTP-only conditions (hosts, methods, paths) are left out,
+    /// so it denies more, and an ALLOW rule that has any never matches. Otherwise a client
+    /// could skip a path DENY by sending bytes the waypoint does not read as HTTP.
+    ///
+    /// # Errors
+    ///
+    /// [`Denied`] naming the policy when the connection is refused.
+    pub fn authorize_tcp(
+        &self,
+        service: &ObjectRef,
+        peer: &Peer<'_>,
+        port: u16,
+    ) -> Result<(), Denied> {
+        self.decide(service, |rule, action| rule.matches_tcp(peer, port, action))
+    }
+
+    /// DENY first, then ALLOW if any applies, with `matches` deciding each rule.
+    fn decide(
+        &self,
+        service: &ObjectRef,
+        matches: impl Fn(&AuthzRule, AuthzAction) -> bool,
+    ) -> Result<(), Denied> {
         let applies = |p: &&L7Policy| p.services.as_ref().is_none_or(|s| s.contains(service));
         for policy in self
             .authz
@@ -47,7 +73,11 @@ impl Rules {
             .filter(applies)
             .filter(|p| p.action == AuthzAction::Deny)
         {
-            if let Some(rule) = policy.rules.iter().position(|r| r.matches(peer, req)) {
+            if let Some(rule) = policy
+                .rules
+                .iter()
+                .position(|r| matches(r, AuthzAction::Deny))
+            {
                 return Err(Denied {
                     policy: format!("{}/{}", policy.namespace, policy.name),
                     reason: DenyReason::DenyRule(rule),
@@ -65,7 +95,7 @@ impl Rules {
         }
         if allows
             .clone()
-            .any(|p| p.rules.iter().any(|r| r.matches(peer, req)))
+            .any(|p| p.rules.iter().any(|r| matches(r, AuthzAction::Allow)))
         {
             return Ok(());
         }
@@ -85,6 +115,12 @@ impl AuthzRule {
     pub fn matches(&self, peer: &Peer<'_>, req: &RequestView<'_>) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(peer)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(req)))
+    }
+
+    /// [`AuthzRule::matches`] for TCP (see [`Rules::authorize_tcp`]).
+    fn matches_tcp(&self, peer: &Peer<'_>, port: u16, action: AuthzAction) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(peer)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches_tcp(port, action)))
     }
 }
 
@@ -127,6 +163,25 @@ impl Operation {
             && !self.not_methods.iter().any(|m| m == method)
             && (self.paths.is_empty() || self.paths.iter().any(|p| wildcard_match(p, req.path)))
             && !self.not_paths.iter().any(|p| wildcard_match(p, req.path))
+    }
+}
+
+impl Operation {
+    /// The ports hold; the HTTP-only fields hold for a DENY and fail for an ALLOW.
+    fn matches_tcp(&self, port: u16, action: AuthzAction) -> bool {
+        let http_only = [
+            &self.hosts,
+            &self.not_hosts,
+            &self.methods,
+            &self.not_methods,
+            &self.paths,
+            &self.not_paths,
+        ]
+        .iter()
+        .any(|f| !f.is_empty());
+        (action == AuthzAction::Deny || !http_only)
+            && (self.ports.is_empty() || self.ports.contains(&port))
+            && !self.not_ports.contains(&port)
     }
 }
 

@@ -75,7 +75,13 @@ fn build(parts: &Parts, body: Body, h2: bool) -> Request<Body> {
         .unwrap_or("localhost")
         .to_owned();
     *req.uri_mut() = if h2 {
-        format!("http://{host}{pq}").parse().unwrap_or_default()
+        // The host was checked to be a bare authority (see `canonicalize`).
+        http::Uri::builder()
+            .scheme("http")
+            .authority(host)
+            .path_and_query(pq)
+            .build()
+            .unwrap_or_default()
     } else {
         pq.parse().unwrap_or_default()
     };

@@ -151,7 +151,7 @@ enum BadRequest {
     UserInfo(String),
     #[error("more than one Host header")]
     Hosts,
-    #[error("the Host header is not visible ASCII")]
+    #[error("the Host header is not a host[:port]")]
     HostValue,
 }
 
@@ -193,10 +193,18 @@ fn canonicalize(parts: &mut Parts) -> Result<String, BadRequest> {
     let mut hosts = parts.headers.get_all(http::header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (None, _) => Ok(String::new()),
+        // Only a host[:port]: the value becomes the upstream URI's authority, where a `/`
+        // or `?` in it would change the path the backend gets from the one checked here.
         (Some(h), None) => h
             .to_str()
+            .ok()
+            .filter(|h| {
+                !h.contains('@')
+                    && h.parse::<http::uri::Authority>()
+                        .is_ok_and(|a| a.as_str().len() == h.len())
+            })
             .map(str::to_owned)
-            .map_err(|_| BadRequest::HostValue),
+            .ok_or(BadRequest::HostValue),
         (Some(_), Some(_)) => Err(BadRequest::Hosts),
     }
 }
@@ -453,6 +461,27 @@ spec:
         for target in ["/public", "/a%2F..%2Fadmin", "//admin"] {
             let mut p = parts(Method::GET, target);
             assert_eq!(decide(&rules, &mut p), None, "{target}");
+        }
+    }
+
+    #[test]
+    fn a_host_that_is_not_a_bare_authority_is_refused() {
+        // An HTTP/2 request without `:authority` keeps the client's Host, which becomes the
+        // upstream URI's authority: a `/` or `?` in it would reach the backend as path.
+        let rules = rules(DENY_ADMIN);
+        for host in ["x/admin?", "x?/admin", "x#", "a@b", "[x", ""] {
+            let mut p = parts(Method::GET, "/public");
+            p.headers.insert(HOST, HeaderValue::from_static(host));
+            assert_eq!(
+                decide(&rules, &mut p),
+                Some(StatusCode::BAD_REQUEST),
+                "{host:?}"
+            );
+        }
+        for host in ["reviews", "reviews:9080", "10.0.0.9:9080", "[fd00::9]:9080"] {
+            let mut p = parts(Method::GET, "/public");
+            p.headers.insert(HOST, HeaderValue::from_static(host));
+            assert_eq!(decide(&rules, &mut p), None, "{host:?}");
         }
     }
 

@@ -348,7 +348,7 @@ impl Pool {
             .max_frame_size(super::MAX_FRAME)
             .max_header_list_size(super::MAX_HEADER_LIST)
             .max_send_buffer_size(super::STREAM_WINDOW as usize)
-            .data_frame_budget(usize::MAX)
+            .data_frame_budget(super::DATA_FRAME_BUDGET)
             .enable_push(false)
             .handshake::<_, Bytes>(tls)
             .await

@@ -18,6 +18,11 @@ use std::time::Duration;
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// Per-connection flow-control window (Istio: 16 MiB).
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// h2's limit on the overhead of received small DATA frames not yet read (a frame under
+/// 256 bytes costs 256 minus its size): half the connection window, what h2 picks by
+/// itself for the window it is told at start-up, so about 32 768 tiny frames buffered before
+/// a peer that floods them is sent ENHANCE_YOUR_CALM.
+pub const DATA_FRAME_BUDGET: usize = CONNECTION_WINDOW as usize / 2;
 /// Largest DATA frame we accept (Istio: 1 MiB).
 pub const MAX_FRAME: u32 = 1024 * 1024;
 /// Bytes a TLS session takes to send before it waits for the socket (rustls's default is 64

@@ -175,7 +175,7 @@ where
             .max_header_list_size(SERVER_MAX_HEADER_LIST)
             .max_send_buffer_size(super::STREAM_WINDOW as usize)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-            .data_frame_budget(usize::MAX)
+            .data_frame_budget(super::DATA_FRAME_BUDGET)
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(|source| ServeError::Http2 { peer, source })?;

@@ -19,6 +19,10 @@ use tokio::net::TcpStream;
 
 /// Bytes read ahead per direction before the reader waits for the writer.
 const QUEUE: usize = 256 * 1024;
+/// Chunks read ahead, for the same reason: a peer sending one-byte DATA frames would
+/// otherwise queue a chunk (and its bookkeeping) per byte of [`QUEUE`]. A bulk stream's
+/// chunks are tens of KiB, so only tiny frames ever meet this limit.
+const QUEUE_CHUNKS: usize = 1024;
 /// A socket read goes into a buffer of this size; what is left of it serves the next reads.
 /// About 64 KiB stays in the core's cache from the read through the encryption to the write:
 /// 256 KiB streamed 15-20 % slower here, 128 KiB slower too, 32 KiB slower still (more frames
@@ -171,6 +175,7 @@ impl<'a> Direction<'a> {
             let mut progressed = false;
             if !self.read_done
                 && self.queued < QUEUE
+                && self.queue.len() < QUEUE_CHUNKS
                 && let Poll::Ready(r) = from.poll_chunk(cx, &mut self.buf)
             {
                 match r? {

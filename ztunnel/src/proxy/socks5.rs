@@ -131,7 +131,9 @@ async fn handshake(inputs: &ProxyInputs, c: &mut TcpStream) -> Result<SocketAddr
         other => return Err(Socks5Error::AddressType(other)),
     };
     let port = c.read_u16().await?;
-    Ok(SocketAddr::new(ip, port))
+    // `::ffff:a.b.c.d` is the IPv4 address: the mesh knows it in that form only, and the
+    // mapped form must not slip past the service lookup (and HBONE) as an unknown address.
+    Ok(crate::sys::canonical(SocketAddr::new(ip, port)))
 }
 
 /// A service hostname resolves to its VIP; anything else through the system resolver.

@@ -335,3 +335,43 @@ fn refusals_name_their_field() {
     );
     assert_eq!(field, "spec.targetRefs[0].kind");
 }
+
+#[test]
+fn tcp_is_denied_by_a_path_deny_and_not_allowed_by_a_path_allow() {
+    let rules = load(POLICIES);
+    let tcp = |who, port| {
+        rules
+            .authorize_tcp(&reviews(), &peer(who, "10.0.0.5"), port)
+            .map_err(|d| d.reason)
+    };
+    // The DENY on `/reviews/admin*` has only HTTP conditions: left out, it matches all TCP.
+    assert_eq!(tcp(FRONTEND, 9080), Err(DenyReason::DenyRule(0)));
+    let deny_ratings = ObjectRef::new("app", "ratings");
+    assert!(
+        rules
+            .authorize_tcp(&deny_ratings, &peer(BATCH, "10.0.0.5"), 9080)
+            .is_err(),
+        "the waypoint-wide DENY applies to every service"
+    );
+    let allow_only = load(&POLICIES[..POLICIES.find("---").expect("two policies")]);
+    let allow_tcp = |who| {
+        allow_only
+            .authorize_tcp(&reviews(), &peer(who, "10.0.0.5"), 9080)
+            .map_err(|d| d.reason)
+    };
+    // Both ALLOW rules name methods and paths: neither can match a TCP tunnel.
+    assert_eq!(allow_tcp(FRONTEND), Err(DenyReason::NoAllowMatch));
+    let allow_text = &POLICIES[..POLICIES.find("---").expect("two policies")];
+    let ports_only = load(&allow_text.replace(
+        "        methods: [\"GET\", \"HEAD\"]\n        paths: [\"/reviews/*\", \"/health\"]\n",
+        "",
+    ));
+    let ports_only = |port| {
+        ports_only
+            .authorize_tcp(&reviews(), &peer(FRONTEND, "10.0.0.5"), port)
+            .map_err(|d| d.reason)
+    };
+    // An ALLOW rule with only L4 conditions holds for TCP as for HTTP.
+    assert_eq!(ports_only(9080), Ok(()));
+    assert_eq!(ports_only(8080), Err(DenyReason::NoAllowMatch));
+}
