@@ -270,8 +270,8 @@ pub struct RequestInfo {
     pub authority: String,
     pub route: String,
     pub status: u16,
-    /// Envoy's response flags (`UF`, `UT`, `URX`, `FI`, `DI`, `NR`, `UO`, `UH`, `UC`, `NC`), or
-    /// `-`.
+    /// Envoy's response flags (`UF`, `UT`, `URX`, `FI`, `DI`, `NR`, `UO`, `UH`, `UC`, `SI`,
+    /// `NC`, ...), or `-`.
     pub flags: Vec<&'static str>,
     pub attempts: u32,
     pub request_bytes: u64,
@@ -281,8 +281,8 @@ pub struct RequestInfo {
 
 /// The response flags in the order Envoy prints them (so that `UF,URX` is one label value
 /// whatever happened first); flags not listed go last.
-const FLAG_ORDER: [&str; 13] = [
-    "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "DC", "URX", "NC",
+const FLAG_ORDER: [&str; 15] = [
+    "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "DC", "URX", "SI", "UPE", "NC",
 ];
 
 impl RequestInfo {

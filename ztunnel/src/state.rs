@@ -33,8 +33,10 @@ impl std::str::FromStr for NetworkAddress {
             .rsplit_once('/')
             .ok_or_else(|| format!("`{s}`: expected \"<network>/<ip>\", e.g. \"/10.0.0.1\""))?;
         let address = ip
-            .parse()
-            .map_err(|_| format!("`{s}`: `{ip}` is not an IP address"))?;
+            .parse::<IpAddr>()
+            .map_err(|_| format!("`{s}`: `{ip}` is not an IP address"))?
+            // `::ffff:a.b.c.d` is the IPv4 address, the form every lookup uses.
+            .to_canonical();
         Ok(Self {
             network: network.to_owned(),
             address,

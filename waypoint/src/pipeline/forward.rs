@@ -28,7 +28,7 @@ impl RequestBody {
         parts: &Parts,
         incoming: Incoming,
         record: &mut RequestRecord,
-    ) -> Result<Self, hyper::Error> {
+    ) -> Result<Self, BodyError> {
         use http_body::Body as _;
         let length = parts
             .headers
@@ -39,7 +39,7 @@ impl RequestBody {
             None => incoming.is_end_stream(),
         };
         if small {
-            let bytes = incoming.collect().await?.to_bytes();
+            let bytes = collect_within(incoming, super::BODY_IDLE_TIMEOUT).await?;
             record.info.request_bytes = bytes.len() as u64;
             return Ok(RequestBody::Kept(bytes));
         }
@@ -53,6 +53,38 @@ impl RequestBody {
         match self {
             RequestBody::Kept(b) => Some(full(b.clone())),
             RequestBody::Streaming(b) => b.take(),
+        }
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("no request body bytes for {0:?}")]
+    Idle(std::time::Duration),
+    #[error(transparent)]
+    Read(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Reads `body` whole, giving up when it stays silent for `idle`: a client trickling its
+/// body would otherwise hold the request (and what was read of it) for ever.
+async fn collect_within<B>(mut body: B, idle: std::time::Duration) -> Result<Bytes, BodyError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut bytes = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(BodyError::Idle(idle)),
+            Ok(None) => return Ok(bytes.freeze()),
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e.into())),
+            // Trailers are dropped, as `collect` did.
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
         }
     }
 }
@@ -403,4 +435,44 @@ fn timed_out(record: &mut RequestRecord) -> Response<Body> {
     record.info.flag("UT");
     record.info.detail = Some("the route timeout expired".into());
     plain(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    /// Sends `first`, then nothing more, never ending.
+    struct Stalls(Option<Bytes>);
+
+    impl http_body::Body for Stalls {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            match self.0.take() {
+                Some(b) => Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_goes_silent_is_given_up_and_a_whole_one_is_kept() {
+        let idle = Duration::from_millis(50);
+        let stalled = collect_within(Stalls(Some(Bytes::from_static(b"part"))), idle).await;
+        assert!(
+            matches!(stalled, Err(BodyError::Idle(d)) if d == idle),
+            "{stalled:?}"
+        );
+        let whole = collect_within(http_body_util::Full::new(Bytes::from_static(b"all")), idle)
+            .await
+            .expect("a body that ends is read");
+        assert_eq!(&whole[..], b"all");
+    }
 }

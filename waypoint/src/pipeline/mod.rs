@@ -26,6 +26,9 @@ use waypoint_rules::{Action, RequestView, RouteRule, Rules, WeightedBackend};
 /// (Envoy's default buffer limit is 1 MiB too); larger or unsized (chunked) bodies stream
 /// through and are tried once.
 pub const RETRY_BODY_LIMIT: u64 = 1024 * 1024;
+/// How long a kept request body may go without a byte before the request is answered 408
+/// (Envoy's stream idle timeout, 5 minutes).
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Serves one request that arrived in `tunnel`.
 pub async fn handle(
@@ -111,9 +114,13 @@ pub async fn handle(
     let body = match body {
         Ok(b) => b,
         Err(e) => {
-            record.info.flag("DC");
+            let (flag, status) = match e {
+                forward::BodyError::Idle(_) => ("SI", StatusCode::REQUEST_TIMEOUT),
+                forward::BodyError::Read(_) => ("DC", StatusCode::BAD_REQUEST),
+            };
+            record.info.flag(flag);
             record.info.detail = Some(format!("reading the request body: {e}"));
-            return local(record, StatusCode::BAD_REQUEST, "", None);
+            return local(record, status, "", None);
         }
     };
     for m in &rule.mirrors {

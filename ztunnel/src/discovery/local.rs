@@ -183,7 +183,9 @@ pub fn parse(path: &Path, text: &str, defaults: &Defaults) -> Result<State, Loca
                 "workloads[{i}]: uid `{uid}` appears twice"
             )));
         }
-        for ip in &w.workload_ips {
+        // `::ffff:a.b.c.d` is the IPv4 address, the form every lookup uses.
+        let workload_ips: Vec<IpAddr> = w.workload_ips.iter().map(|ip| ip.to_canonical()).collect();
+        for ip in &workload_ips {
             if let Some(other) = seen_ips.insert((w.network.clone(), *ip), uid.clone()) {
                 return Err(invalid(format!(
                     "workloads[{i}] ({uid}): workloadIps {ip} already belongs to {other}"
@@ -202,7 +204,7 @@ pub fn parse(path: &Path, text: &str, defaults: &Defaults) -> Result<State, Loca
             namespace: w.namespace,
             service_account: or(w.service_account, "default"),
             trust_domain: or(w.trust_domain, &defaults.trust_domain),
-            workload_ips: w.workload_ips,
+            workload_ips,
             protocol: w.protocol,
             node: w.node,
             network: w.network,
@@ -409,6 +411,17 @@ services:
             s.resolve("", "127.10.0.2:80".parse().unwrap(), &picker)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_in_the_file_are_the_ipv4_ones() {
+        let text = "workloads:\n- {name: w, namespace: n, workloadIps: [\"::ffff:10.0.0.1\"], services: {\"n/a.n.svc\": {80: 8080}}}\nservices:\n- {name: a, namespace: n, hostname: a.n.svc, vips: [\"/::ffff:10.96.0.1\"], ports: {80: 8080}}\n";
+        let s = parse(Path::new("f.yaml"), text, &defaults()).unwrap();
+        assert!(s.workload_by_ip("", "10.0.0.1".parse().unwrap()).is_some());
+        let up = s
+            .resolve("", "10.96.0.1:80".parse().unwrap(), &Default::default())
+            .unwrap();
+        assert_eq!(up.addr, "10.0.0.1:8080".parse::<SocketAddr>().unwrap());
     }
 
     #[test]
