@@ -84,19 +84,25 @@ fn socks5_request_arrives_byte_exact_over_mtls_only() {
     assert_eq!(opened, Some(2.0));
 }
 
-#[test]
-fn ipv6_is_carried_over_hbone_to_the_pods_ipv6_address_as_istio_listens_dual_stack() {
+/// Through SOCKS5 to `dial`, served at `listen` in the server pod: the bytes come back, the
+/// wire between the pods carries only HBONE to `wire_ip`, and the destination counts the
+/// bytes under the client's principal.
+fn carried_over_hbone(
+    listen: fn(&Topology) -> SocketAddr,
+    dial: fn(&Topology) -> SocketAddr,
+    wire_ip: fn(&Topology) -> std::net::IpAddr,
+) {
     let t = Topology::new().unwrap();
-    let _echo = EchoServer::start(&t.server.ns, t.server.addr6(8080)).unwrap();
+    let _echo = EchoServer::start(&t.server.ns, listen(&t)).unwrap();
     let server_agent = t.start_agent(&t.server, &t.ca_dir).unwrap();
     let _client_agent = t.start_agent(&t.client, &t.ca_dir).unwrap();
     let capture = Capture::start(&t.client.ns, &t.link.a_name, &t.dir).unwrap();
 
     let data = payload(100_000);
-    let s = probe::socks5(&t.client.ns, SOCKS, t.server.addr6(8080)).unwrap();
+    let s = probe::socks5(&t.client.ns, SOCKS, dial(&t)).unwrap();
     assert_eq!(probe::round_trip(s, &data).unwrap(), data);
 
-    let packets = only_hbone_on_the_wire(capture, &t.server.ip6.to_string());
+    let packets = only_hbone_on_the_wire(capture, &wire_ip(&t).to_string());
     assert!(packets > 0, "nothing captured between the pods");
     let m = server_agent.metrics(&t.server).unwrap();
     let received = metric(
@@ -112,32 +118,22 @@ fn ipv6_is_carried_over_hbone_to_the_pods_ipv6_address_as_istio_listens_dual_sta
 }
 
 #[test]
+fn ipv6_is_carried_over_hbone_to_the_pods_ipv6_address_as_istio_listens_dual_stack() {
+    carried_over_hbone(
+        |t| t.server.addr6(8080),
+        |t| t.server.addr6(8080),
+        |t| t.server.ip6.into(),
+    );
+}
+
+#[test]
 fn an_ipv4_mapped_ipv6_destination_is_the_ipv4_workload_and_goes_over_hbone() {
-    let t = Topology::new().unwrap();
-    let _echo = EchoServer::start(&t.server.ns, t.server.addr(8080)).unwrap();
-    let server_agent = t.start_agent(&t.server, &t.ca_dir).unwrap();
-    let _client_agent = t.start_agent(&t.client, &t.ca_dir).unwrap();
-    let capture = Capture::start(&t.client.ns, &t.link.a_name, &t.dir).unwrap();
-
     // `::ffff:a.b.c.d`, as a dual-stack client names an IPv4 peer.
-    let mapped = SocketAddr::new(t.server.ip.to_ipv6_mapped().into(), 8080);
-    let data = payload(10_000);
-    let s = probe::socks5(&t.client.ns, SOCKS, mapped).unwrap();
-    assert_eq!(probe::round_trip(s, &data).unwrap(), data);
-
-    let packets = only_hbone_on_the_wire(capture, &t.server.ip.to_string());
-    assert!(packets > 0, "nothing captured between the pods");
-    let m = server_agent.metrics(&t.server).unwrap();
-    let received = metric(
-        &m,
-        "istio_tcp_received_bytes_total",
-        &[
-            r#"reporter="destination""#,
-            r#"source_principal="spiffe://cluster.local/ns/default/sa/client""#,
-        ],
-    )
-    .unwrap_or_else(|| panic!("no series naming the client's principal:\n{m}"));
-    assert_eq!(received as usize, data.len());
+    carried_over_hbone(
+        |t| t.server.addr(8080),
+        |t| SocketAddr::new(t.server.ip.to_ipv6_mapped().into(), 8080),
+        |t| t.server.ip.into(),
+    );
 }
 
 #[test]
