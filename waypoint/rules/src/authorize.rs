@@ -113,14 +113,17 @@ impl Rules {
 impl AuthzRule {
     /// `from` (any source) and `to` (any operation) both hold; an empty list holds.
     pub fn matches(&self, peer: &Peer<'_>, req: &RequestView<'_>) -> bool {
-        (self.from.is_empty() || self.from.iter().any(|s| s.matches(peer)))
-            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(req)))
+        self.source_holds(peer) && (self.to.is_empty() || self.to.iter().any(|o| o.matches(req)))
     }
 
     /// [`AuthzRule::matches`] for TCP (see [`Rules::authorize_tcp`]).
     fn matches_tcp(&self, peer: &Peer<'_>, port: u16, action: AuthzAction) -> bool {
-        (self.from.is_empty() || self.from.iter().any(|s| s.matches(peer)))
+        self.source_holds(peer)
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches_tcp(port, action)))
+    }
+
+    fn source_holds(&self, peer: &Peer<'_>) -> bool {
+        self.from.is_empty() || self.from.iter().any(|s| s.matches(peer))
     }
 }
 
@@ -157,16 +160,13 @@ impl Operation {
         let method = req.method.as_str();
         (self.hosts.is_empty() || self.hosts.iter().any(host_match))
             && !self.not_hosts.iter().any(host_match)
-            && (self.ports.is_empty() || self.ports.contains(&req.port))
-            && !self.not_ports.contains(&req.port)
+            && self.port_holds(req.port)
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
             && !self.not_methods.iter().any(|m| m == method)
             && (self.paths.is_empty() || self.paths.iter().any(|p| wildcard_match(p, req.path)))
             && !self.not_paths.iter().any(|p| wildcard_match(p, req.path))
     }
-}
 
-impl Operation {
     /// The ports hold; the HTTP-only fields hold for a DENY and fail for an ALLOW.
     fn matches_tcp(&self, port: u16, action: AuthzAction) -> bool {
         let http_only = [
@@ -179,9 +179,11 @@ impl Operation {
         ]
         .iter()
         .any(|f| !f.is_empty());
-        (action == AuthzAction::Deny || !http_only)
-            && (self.ports.is_empty() || self.ports.contains(&port))
-            && !self.not_ports.contains(&port)
+        (action == AuthzAction::Deny || !http_only) && self.port_holds(port)
+    }
+
+    fn port_holds(&self, port: u16) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&port)) && !self.not_ports.contains(&port)
     }
 }
 

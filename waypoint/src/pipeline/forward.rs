@@ -444,7 +444,7 @@ mod tests {
     use std::task::{Context, Poll};
     use std::time::Duration;
 
-    /// Sends `first`, then nothing more, never ending.
+    /// Sends its bytes as one frame, then nothing more, never ending.
     struct Stalls(Option<Bytes>);
 
     impl http_body::Body for Stalls {
